@@ -1,0 +1,13 @@
+"""`gp-engine plan` (placeholder registration; the owning module replaces this)."""
+
+from __future__ import annotations
+
+
+def register(sub):
+    return sub.add_parser("plan", help="(not implemented yet)")
+
+
+def run(args) -> int:
+    from ..errors import GPEngineError
+
+    raise GPEngineError("'plan' is not implemented yet")

@@ -1,0 +1,13 @@
+"""`gp-engine stats` (placeholder registration; the owning module replaces this)."""
+
+from __future__ import annotations
+
+
+def register(sub):
+    return sub.add_parser("stats", help="(not implemented yet)")
+
+
+def run(args) -> int:
+    from ..errors import GPEngineError
+
+    raise GPEngineError("'stats' is not implemented yet")

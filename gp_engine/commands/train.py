@@ -1,0 +1,13 @@
+"""`gp-engine train` (placeholder registration; the owning module replaces this)."""
+
+from __future__ import annotations
+
+
+def register(sub):
+    return sub.add_parser("train", help="(not implemented yet)")
+
+
+def run(args) -> int:
+    from ..errors import GPEngineError
+
+    raise GPEngineError("'train' is not implemented yet")
