@@ -1,13 +1,98 @@
-"""`gp-engine plan` (placeholder registration; the owning module replaces this)."""
+"""`gp-engine plan plan.json [--png OUT.png]`: show what a plan will do before spending GPU hours.
+
+Prints the box and canvas, the sampler and its network evaluations per block, the blocks per stage,
+the batches, and the total cost (block-evaluations and batched network calls); optionally lists
+every block and draws the plan as a PNG. Needs neither the model nor torch.
+"""
 
 from __future__ import annotations
 
+import argparse
+
 
 def register(sub):
-    return sub.add_parser("plan", help="(not implemented yet)")
+    p = sub.add_parser(
+        "plan", help="check a plan file and show its stages, batches and cost",
+        description="Validate a plan (JSON), lay out its blocks and batches, and print the cost in "
+                    "network evaluations. Nothing is generated.",
+    )
+    p.add_argument("plan", help="plan JSON file (see examples/ and docs/plan-schema.md)")
+    p.add_argument("--png", metavar="OUT.png", help="draw the plan (stage per voxel on mid-planes, "
+                                                    "block centres, batch sizes) into this PNG")
+    p.add_argument("--batch-size", type=int, help="batch size to plan with (default: the plan's)")
+    p.add_argument("--blocks", action="store_true",
+                   help="also list every block: index, stage, corner, batch, new voxels, deps")
+    return p
 
 
-def run(args) -> int:
+def _fmt_shape(shape) -> str:
+    return " x ".join(str(int(n)) for n in shape)
+
+
+def describe(plan, batch_size: int | None = None, list_blocks: bool = False) -> tuple[str, dict]:
+    """The report printed by the command, and the numbers behind it (for tests and callers)."""
+    from ..planner import (BLOCK, canvas_shape, evaluations_per_block, make_batches, make_plan,
+                           new_voxels, stage_counts)
+
+    shape = plan.geometry.shape
+    canvas = canvas_shape(shape, BLOCK)
+    blocks = make_plan(plan.plan_kind, shape, BLOCK)
+    bs = int(batch_size or plan.batch_size)
+    batches = make_batches(blocks, bs)
+    s = plan.sampler
+    per_block = evaluations_per_block(s.steps, s.resample, s.jump, s.tail)
+    fresh = new_voxels([b.corner for b in blocks], BLOCK)
+    counts = stage_counts(blocks)
+    n = len(blocks)
+    figures = {
+        "shape": list(shape), "canvas": list(canvas), "blocks": n, "batches": len(batches),
+        "batch_size": bs, "stages": counts, "evaluations_per_block": per_block,
+        "block_evaluations": n * per_block, "network_calls": len(batches) * per_block,
+        "mean_batch_fill": n / max(len(batches), 1) / bs,
+        "voxels": int(canvas[0] * canvas[1] * canvas[2]),
+    }
+    lines = [
+        f"plan: {plan.source or '(dict)'}",
+        f"box {_fmt_shape(shape)} voxels" + (
+            f" (planned on a canvas {_fmt_shape(canvas)}, cropped at the end)" if tuple(canvas) != tuple(shape) else ""),
+        f"plan kind: {plan.plan_kind}, block {BLOCK}³",
+        f"sampler: {s.preset} (steps {s.steps}, resample {s.resample}, jump {s.jump}, "
+        f"no_resample_tail {s.tail}) -> {per_block:,} network evaluations per block",
+        "stages:",
+    ]
+    for stage, k in counts.items():
+        painted = int(sum(int(f) for b, f in zip(blocks, fresh) if b.stage == stage))
+        lines.append(f"  stage {stage:>2}: {k:>6} blocks, {painted:>12,} new voxels")
+    lines += [
+        f"blocks: {n:,} ({figures['voxels'] / max(n, 1):,.0f} voxels per block on average, "
+        f"{32 ** 3 * n / figures['voxels']:.2f}x coverage)",
+        f"batches: {len(batches):,} at batch size {bs} (blocks per batch: mean {n / max(len(batches), 1):.1f},"
+        f" min {min((len(b) for b in batches), default=0)}, max {max((len(b) for b in batches), default=0)})",
+        f"network evaluations: {n * per_block:,} block-evaluations in {len(batches) * per_block:,} "
+        f"batched network calls",
+    ]
+    if list_blocks:
+        batch_of = {i: k for k, batch in enumerate(batches) for i in batch}
+        lines.append("index stage batch corner            new_voxels deps")
+        for b, f in zip(blocks, fresh):
+            lines.append(f"{b.index:>5} {b.stage:>5} {batch_of[b.index]:>5} {str(b.corner):<17} "
+                         f"{int(f):>10} {list(b.deps)}")
+    return "\n".join(lines), {"blocks_list": blocks, "batch_list": batches, **figures}
+
+
+def run(args: argparse.Namespace) -> int:
     from ..errors import GPEngineError
+    from ..plan_config import load_plan
 
-    raise GPEngineError("'plan' is not implemented yet")
+    plan = load_plan(args.plan)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise GPEngineError(f"--batch-size {args.batch_size} must be ≥ 1")
+    text, figures = describe(plan, args.batch_size, args.blocks)
+    print(text)
+    if args.png:
+        from ..plan_render import draw_plan
+
+        out = draw_plan(figures["blocks_list"], figures["canvas"], figures["batch_list"], args.png,
+                        title=f"{plan.plan_kind} plan, {_fmt_shape(plan.geometry.shape)}")
+        print(f"drawing: {out}")
+    return 0

@@ -1,0 +1,231 @@
+"""Generation end to end: plan -> blocks -> batches on an engine -> canvas -> segment -> outputs.
+
+:func:`sample_canvas` is the resumable core loop (works with any engine and any block list);
+:func:`generate` wires it to a plan file, the model directory and the output writers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable, Sequence
+
+import numpy as np
+
+from . import repaint
+from .canvas import Canvas
+from .errors import GPEngineError
+
+#: test hook: kill the process (SIGKILL) right after this many batches have been committed.
+KILL_ENV = "GP_ENGINE_KILL_AFTER_BATCHES"
+
+
+class Interrupted(Exception):
+    """Raised by :func:`sample_canvas` when ``stop_after`` batches were committed (tests)."""
+
+
+# ------------------------------------------------------------------------------- core loop
+
+
+def sample_canvas(engine, blocks: Sequence, batches: Sequence[Sequence[int]], canvas: Canvas,
+                  setup: repaint.SamplerSetup, seed: int, block_size: int = 32,
+                  progress: bool = True, stop_after: int | None = None,
+                  on_batch: Callable[[int], None] | None = None) -> dict:
+    """Run every batch not yet in ``canvas.completed``; returns timing figures.
+
+    ``blocks[i]`` has ``.index`` (== i), ``.corner`` and ``.deps``; ``batches`` lists block indices.
+    Each block reads (x0, known) from the canvas, is RePainted, shifted by its mid-range when it had
+    no known voxel, and its whole block is written back and marked known when the batch commits.
+    """
+    from tqdm import tqdm
+
+    by_index = {int(b.index): b for b in blocks}
+    evals = setup.evaluations
+    todo = [k for k in range(len(batches)) if k not in canvas.completed]
+    n_blocks_todo = sum(len(batches[k]) for k in todo)
+    done_blocks = sum(len(batches[k]) for k in range(len(batches)) if k in canvas.completed)
+    voxels = float(np.prod(canvas.shape))
+    kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
+    bar = tqdm(total=n_blocks_todo * evals, unit="eval", unit_scale=True, disable=not progress,
+               dynamic_ncols=True, desc="RePaint", smoothing=0.05)
+    t0 = time.perf_counter()
+    committed = 0
+    try:
+        for k in todo:
+            ids = np.asarray(batches[k], np.int64)
+            corners = [tuple(int(c) for c in by_index[int(i)].corner) for i in ids]
+            reads = [canvas.read_block(c, block_size) for c in corners]
+            x0 = np.stack([r[0] for r in reads])[:, None]
+            mask = np.stack([r[1] for r in reads])[:, None]
+            nb = len(ids)
+
+            def step(_k, nb=nb):
+                bar.update(nb)
+
+            if hasattr(engine, "sample_batch"):
+                x = engine.sample_batch(x0, mask, ids, seed, setup, on_step=step)
+            else:
+                x = repaint.sample_batch(engine, x0, mask, ids, seed, setup, on_step=step)
+            for r in range(nb):
+                if not mask[r].any():
+                    x[r] = repaint.shift_mid_range(x[r])
+            canvas.commit(k, corners, x[:, 0])
+            committed += 1
+            done_blocks += nb
+            minutes = (time.perf_counter() - t0) / 60.0
+            frac_new = (done_blocks - (len(blocks) - n_blocks_todo)) / max(len(blocks), 1)
+            bar.set_postfix_str(f"batch {len(canvas.completed)}/{len(batches)}, blocks "
+                                f"{done_blocks}/{len(blocks)}, "
+                                f"{frac_new * voxels / max(minutes, 1e-9):,.0f} vox/min")
+            if on_batch is not None:
+                on_batch(k)
+            if kill_after and len(canvas.completed) >= kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if stop_after is not None and committed >= stop_after:
+                raise Interrupted(f"stopped after {committed} batches")
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    return {"batches_run": committed, "blocks_run": n_blocks_todo if committed == len(todo) else None,
+            "seconds": seconds, "evaluations_per_block": evals,
+            "block_evaluations_per_s": n_blocks_todo * evals / seconds if seconds > 0 else None,
+            "voxels_per_min": voxels * 60.0 / seconds if seconds > 0 and todo else None}
+
+
+# ------------------------------------------------------------------------------- plan glue
+
+
+def sampler_params(sampler) -> SimpleNamespace:
+    """steps/resample/jump/tail/clip_x0 from a plan's sampler (dataclass, namespace or dict)."""
+    get = (sampler.get if isinstance(sampler, dict) else lambda k, d=None: getattr(sampler, k, d))
+    resample = get("resample", None)
+    if resample is None:
+        resample = get("r", 0)
+    return SimpleNamespace(steps=int(get("steps")), resample=int(resample),
+                           jump=int(get("jump", 1) or 1), tail=int(get("tail", 0) or 0),
+                           clip_x0=bool(get("clip_x0", False)))
+
+
+def _as_dict(obj):
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, SimpleNamespace):
+        return {k: _as_dict(v) for k, v in vars(obj).items()}
+    return obj
+
+
+def plan_hash(plan) -> str:
+    """Hash of everything that determines the voxels (not outputs, backend or progress)."""
+    d = dict(_as_dict(plan))
+    for k in ("outputs", "backend", "reference", "segmentation", "source", "checkpoint_every"):
+        d.pop(k, None)
+    blob = json.dumps(d, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def model_id(model_dir: Path, manifest: dict) -> str:
+    """Identity of the model: hash of the manifest and of the ONNX file's size and mtime-free bytes."""
+    h = hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode())
+    onnx = Path(model_dir) / (manifest.get("onnx") or {}).get("file", "model.onnx")
+    if onnx.is_file():
+        with open(onnx, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def plan_blocks(plan_kind: str, shape, block: int):
+    from . import planner
+
+    kind = (plan_kind or "grid").lower()
+    if kind == "grid":
+        return planner.grid_plan(tuple(shape), block)
+    if kind in ("center", "centre"):
+        return planner.center_plan(tuple(shape), block)
+    raise GPEngineError(f"plan kind {plan_kind!r} is unknown; use 'grid' or 'center'")
+
+
+#: above this many voxels the field stays on disk and is segmented out of core in tiles
+IN_RAM_VOXELS = 256 ** 3
+
+
+def segment_field(field: np.ndarray, seg, out_dir: Path | None = None,
+                  progress: bool = False) -> np.ndarray:
+    """Segment the float field into grain ids with the plan's segmentation settings.
+
+    Large fields (memmaps over ``IN_RAM_VOXELS``) are segmented tile by tile into a memmap in
+    ``out_dir/canvas/`` so memory stays bounded.
+    """
+    from .segment import segment
+
+    get = (seg.get if isinstance(seg, dict) else lambda k, d=None: getattr(seg, k, d)) \
+        if seg is not None else (lambda k, d=None: d)
+    kwargs = {k: get(k) for k in ("method", "eps", "min_samples", "value_scale") if get(k) is not None}
+    if field.size > IN_RAM_VOXELS and out_dir is not None:
+        out = np.lib.format.open_memmap(Canvas.path(out_dir) / "grains.npy", "w+", np.int32, field.shape)
+        return segment(field, tile=256, out=out, progress=progress, **kwargs)
+    return segment(np.ascontiguousarray(field), progress=progress, **kwargs)
+
+
+def compute_stats(grain_ids: np.ndarray, reference) -> dict:
+    from .stats import summarize
+
+    refs = None
+    if reference:
+        from .grains import split_grains
+        from .volume_io import read_volume
+
+        refs = [split_grains(read_volume(p)) for p in reference]
+    return summarize([grain_ids], refs)
+
+
+def generate(plan_source, out_dir=None, resume: bool = False, force: bool = False,
+             backend: str | None = None, batch_size: int | None = None, engine=None,
+             progress: bool = True, stop_after: int | None = None) -> dict:
+    """Run a plan end to end; returns {"outputs": {label: path}, "timing": {...}, "stats": {...}}."""
+    from .diffusion import Schedule
+    from .outputs import output_paths, write_results
+    from .plan_config import load_plan
+    from .planner import canvas_shape, make_batches
+    from .runtime import load_engine, read_model
+
+    plan = load_plan(plan_source)
+    shape = tuple(int(s) for s in plan.geometry.shape)
+    out = Path(out_dir or plan.outputs.dir)
+    formats = getattr(plan.outputs, "formats", None)
+    if not resume and not force:
+        existing = [p for p in output_paths(out, formats) if p.exists()]
+        if existing or Canvas.path(out).exists():
+            raise GPEngineError(f"{out} already holds outputs ({', '.join(p.name for p in existing) or 'canvas/'}); "
+                                "pass --force to overwrite, --resume to continue, or another --out")
+    model_dir, manifest = read_model(getattr(plan, "model", None))
+    block = int(manifest.get("block_size", 32))
+    B = int(batch_size or getattr(plan, "batch_size", None) or 1)
+    sp = sampler_params(plan.sampler)
+    setup = repaint.make_setup(Schedule.from_dict(manifest["schedule"]), sp, clip_x0=sp.clip_x0)
+    blocks = plan_blocks(getattr(plan, "plan_kind", "grid"), shape, block)
+    batches = make_batches(blocks, B)
+    seed = int(getattr(plan, "seed", 0) or 0)
+    padded = canvas_shape(shape, block)  # thin boxes are planned on a canvas padded to one block
+    meta = {"plan_hash": plan_hash(plan), "seed": seed, "model": model_id(model_dir, manifest),
+            "shape": list(padded), "batch_size": B, "batches": len(batches)}
+    canvas = Canvas.resume(out, meta) if resume else Canvas.create(out, padded, meta, force=force)
+    if engine is None:
+        engine = load_engine(model_dir, backend or getattr(plan, "backend", None) or "auto", B)
+    timing = sample_canvas(engine, blocks, batches, canvas, setup, seed, block, progress, stop_after)
+    timing.update(backend=engine.name, batch_size=B, blocks=len(blocks), batches=len(batches))
+    field = canvas.values[:shape[0], :shape[1], :shape[2]]
+    if field.size <= IN_RAM_VOXELS:
+        field = np.ascontiguousarray(field)
+    grain_ids = segment_field(field, getattr(plan, "segmentation", None), out, progress)
+    stats = compute_stats(grain_ids, getattr(plan, "reference", None))
+    stats = {"summary": stats, "timing": timing, "plan_hash": meta["plan_hash"], "seed": seed,
+             "shape": list(shape), "model": str(model_dir)}
+    written = write_results(out, field, grain_ids, formats, stats)
+    return {"outputs": written, "timing": timing, "stats": stats}

@@ -1,0 +1,117 @@
+"""Write the results of a generation run: volumes, PNG slices and the stats JSON (all atomic)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .canvas import write_json_atomic
+
+#: output format -> file name(s) written for it
+FORMAT_FILES = {
+    "npy": ("grains.npy", "field.npy"),
+    "field": ("field.npy",),
+    "vti": ("grains.vti",),
+    "spparks": ("grains.dump",),
+    "png": ("slices.png",),
+}
+ALL_FORMATS = tuple(FORMAT_FILES)
+STATS_FILE = "stats.json"
+
+
+def normalise_formats(formats) -> list[str]:
+    """Plan formats -> our names (``dump``/``spparks``/``txt`` are the SPPARKS dump); default: all.
+
+    ``npy`` writes the grain ids and the raw float field; ``field`` only the raw field.
+    """
+    if not formats:
+        return list(ALL_FORMATS)
+    alias = {"dump": "spparks", "spparks": "spparks", "txt": "spparks", "npy": "npy",
+             "vti": "vti", "png": "png", "field": "field"}
+    out = []
+    for f in formats:
+        name = alias.get(str(f).lower().lstrip("."))
+        if name is not None and name not in out:
+            out.append(name)
+    return out
+
+
+def output_paths(out_dir: Path, formats) -> list[Path]:
+    """Every file a run with these formats writes (for the overwrite check)."""
+    names = [n for f in normalise_formats(formats) for n in FORMAT_FILES[f]] + [STATS_FILE]
+    return [Path(out_dir) / n for n in dict.fromkeys(names)]
+
+
+def random_colormap(n: int, seed: int = 0):
+    """A ListedColormap of n+1 random bright colours, index 0 black (so neighbours contrast)."""
+    from matplotlib.colors import ListedColormap
+
+    rng = np.random.default_rng(seed)
+    colours = rng.uniform(0.15, 1.0, (n + 1, 3))
+    colours[0] = 0.0
+    return ListedColormap(colours)
+
+
+def mid_slices(vol: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """The three orthogonal mid-planes of a 3D array."""
+    x, y, z = (s // 2 for s in vol.shape)
+    return [(f"x = {x}", np.asarray(vol[x, :, :])), (f"y = {y}", np.asarray(vol[:, y, :])),
+            (f"z = {z}", np.asarray(vol[:, :, z]))]
+
+
+def write_slices_png(path: Path, grain_ids: np.ndarray, field: np.ndarray) -> Path:
+    """One PNG: top row grains (random colours), bottom row the raw field, three mid-planes each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    cmap = random_colormap(int(np.max(grain_ids)) if grain_ids.size else 1)
+    fig, axes = plt.subplots(2, 3, figsize=(12, 8.4), constrained_layout=True)
+    for col, ((title, g), (_, f)) in enumerate(zip(mid_slices(grain_ids), mid_slices(field))):
+        axes[0, col].imshow(g.T, cmap=cmap, vmin=0, vmax=cmap.N - 1, interpolation="nearest",
+                            origin="lower")
+        axes[0, col].set_title(f"grains, {title}")
+        im = axes[1, col].imshow(f.T, cmap="gray", vmin=-1, vmax=1, interpolation="nearest",
+                                 origin="lower")
+        axes[1, col].set_title(f"raw field, {title}")
+        for ax in axes[:, col]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.colorbar(im, ax=axes[1, :], shrink=0.8, label="field value")
+    fig.suptitle(f"{int(np.max(grain_ids)) if grain_ids.size else 0} grains, shape {grain_ids.shape}")
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def write_results(out_dir: Path, field: np.ndarray, grain_ids: np.ndarray, formats,
+                  stats: dict) -> dict[str, Path]:
+    """Write every requested output; returns {label: path}."""
+    from . import volume_io
+
+    out_dir = Path(out_dir)
+    written: dict[str, Path] = {}
+    fmts = normalise_formats(formats)
+    if "npy" in fmts:
+        volume_io.write_npy(out_dir / "grains.npy", np.asarray(grain_ids, np.int32))
+        written["grain ids (npy)"] = out_dir / "grains.npy"
+    if "npy" in fmts or "field" in fmts:  # the raw float field goes with the ids
+        volume_io.write_npy(out_dir / "field.npy", np.asarray(field, np.float32))
+        written["raw field (npy)"] = out_dir / "field.npy"
+    if "vti" in fmts:
+        volume_io.write_vti(out_dir / "grains.vti", np.asarray(grain_ids, np.int32))
+        written["grain ids (vti, ParaView)"] = out_dir / "grains.vti"
+    if "spparks" in fmts:
+        volume_io.write_spparks_dump(out_dir / "grains.dump", np.asarray(grain_ids, np.int32))
+        written["SPPARKS dump"] = out_dir / "grains.dump"
+    if "png" in fmts:
+        written["slices (PNG)"] = write_slices_png(out_dir / "slices.png", grain_ids, field)
+    write_json_atomic(out_dir / STATS_FILE, stats)
+    written["stats (JSON)"] = out_dir / STATS_FILE
+    return written

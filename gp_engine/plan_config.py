@@ -1,0 +1,400 @@
+"""plan.json: the one file that says what to generate and how, parsed into frozen dataclasses.
+
+A plan is versioned (``"version": 1``) and validated field by field: every problem is reported as a
+:class:`~gp_engine.errors.GPEngineError` that names the JSON path of the field (``sampler.resample``),
+the bad value, what is allowed and an example fix. Relative paths are resolved against the directory
+of the plan file (or ``base_dir`` for a plan given as a dict), so a plan works from any working
+directory. The schema is documented in ``docs/plan-schema.md``; keep the two in step.
+
+>>> plan = load_plan({"version": 1, "geometry": {"shape": [64, 64, 64]}, "sampler": {"preset": "fast"}})
+>>> plan.sampler.steps, plan.plan_kind, plan.geometry.shape
+(50, 'grid', (64, 64, 64))
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import GPEngineError
+
+#: The plan format version this module reads and writes.
+PLAN_VERSION = 1
+
+#: Sampler presets: RePaint settings. ``steps`` = respaced reverse steps (≤ the model's T),
+#: ``resample`` = r (re-noise/denoise repeats per jump point), ``jump`` = jump length,
+#: ``tail`` = last steps without resampling. ``paper`` is GrainPaint as published (T = 250, r = 10,
+#: jump 1, no resampling in the last 25 steps: 2490 network evaluations per block).
+SAMPLER_PRESETS: dict[str, dict[str, int]] = {
+    "paper": {"steps": 250, "resample": 10, "jump": 1, "tail": 25},
+    "fast": {"steps": 50, "resample": 2, "jump": 1, "tail": 5},
+}
+
+PLAN_KINDS = ("grid", "center")
+BACKENDS = ("auto", "tensorrt", "torch-cuda", "onnxruntime")
+SEGMENTATION_METHODS = ("dbscan", "levels")
+OUTPUT_FORMATS = ("npy", "vti", "spparks", "png", "field")
+MAX_SEED = 2**32 - 1  # the counter-based noise hashes the seed to 32 bits
+
+DEFAULTS: dict[str, Any] = {
+    "model": None,
+    "sampler": {"preset": "paper"},
+    "plan": {"kind": "grid"},
+    "batch_size": 8,
+    "backend": "auto",
+    "seed": 0,
+    "segmentation": {"method": "dbscan", "eps": 1.9, "min_samples": 15, "value_scale": 32.0},
+    "outputs": {"dir": "out", "formats": ["npy", "vti", "png"]},
+    "reference": None,
+    "checkpoint_every": 1,
+}
+
+
+# --------------------------------------------------------------------------- dataclasses
+
+
+@dataclass(frozen=True)
+class GeometryConfig:
+    """What to fill: a box of ``shape`` voxels (x, y, z). CAD parts (``stl``) are reserved."""
+
+    shape: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """RePaint settings after applying the preset and the overrides."""
+
+    preset: str
+    steps: int
+    resample: int
+    jump: int
+    tail: int
+
+    @property
+    def no_resample_tail(self) -> int:
+        """The JSON name of ``tail``."""
+        return self.tail
+
+
+@dataclass(frozen=True)
+class SegmentationConfig:
+    """How the float field is cut into grains (see :func:`gp_engine.segment.segment`)."""
+
+    method: str
+    eps: float
+    min_samples: int
+    value_scale: float
+
+
+@dataclass(frozen=True)
+class OutputsConfig:
+    """Where results go (absolute directory) and which files to write."""
+
+    dir: Path
+    formats: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """A validated plan.json. Paths are absolute; ``source`` is the plan file (None for a dict)."""
+
+    version: int
+    geometry: GeometryConfig
+    model: Path | None
+    sampler: SamplerConfig
+    plan_kind: str
+    batch_size: int
+    backend: str
+    seed: int
+    segmentation: SegmentationConfig
+    outputs: OutputsConfig
+    reference: tuple[Path, ...] | None
+    checkpoint_every: int
+    source: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as plan.json would write it (absolute paths, preset expanded): for recording
+        next to the outputs. ``load_plan(plan.to_dict())`` gives back an equal plan (up to ``source``)."""
+        return {
+            "version": self.version,
+            "geometry": {"shape": list(self.geometry.shape)},
+            "model": None if self.model is None else str(self.model),
+            "sampler": {
+                "preset": self.sampler.preset,
+                "steps": self.sampler.steps,
+                "resample": self.sampler.resample,
+                "jump": self.sampler.jump,
+                "no_resample_tail": self.sampler.tail,
+            },
+            "plan": {"kind": self.plan_kind},
+            "batch_size": self.batch_size,
+            "backend": self.backend,
+            "seed": self.seed,
+            "segmentation": asdict(self.segmentation),
+            "outputs": {"dir": str(self.outputs.dir), "formats": list(self.outputs.formats)},
+            "reference": None if self.reference is None else [str(p) for p in self.reference],
+            "checkpoint_every": self.checkpoint_every,
+        }
+
+
+# --------------------------------------------------------------------------- error helpers
+
+
+def _show(value: Any) -> str:
+    """A value as the user wrote it in JSON (strings quoted, None as null)."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _bad(where: str, path: str, value: Any, allowed: str, example: str) -> GPEngineError:
+    return GPEngineError(
+        f"{where}: {path} = {_show(value)} is invalid: {allowed}. Example fix: {example}"
+    )
+
+
+def _check_keys(where: str, path: str, obj: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+    for key in obj:
+        if key not in allowed:
+            full = f"{path}.{key}" if path else key
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise GPEngineError(
+                f"{where}: unknown key '{full}'.{hint} Allowed keys"
+                f"{' in ' + path if path else ''}: {', '.join(allowed)}"
+            )
+
+
+def _as_object(where: str, path: str, value: Any, example: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _bad(where, path, value, "must be a JSON object", example)
+    return value
+
+
+def _as_int(where: str, path: str, value: Any, lo: int | None, hi: int | None, example: str,
+            meaning: str = "") -> int:
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if ok and (lo is None or value >= lo) and (hi is None or value <= hi):
+        return int(value)
+    if lo is not None and hi is not None:
+        rng = f"an integer from {lo} to {hi}"
+    elif lo is not None:
+        rng = f"an integer ≥ {lo}"
+    else:
+        rng = "an integer"
+    raise _bad(where, path, value, f"must be {rng}{meaning}", example)
+
+
+def _as_float(where: str, path: str, value: Any, lo_exclusive: float, hi_exclusive: float | None,
+              example: str, meaning: str = "") -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and value > lo_exclusive and (hi_exclusive is None or value < hi_exclusive):
+        return float(value)
+    rng = f"a number > {lo_exclusive:g}" + (f" and < {hi_exclusive:g}" if hi_exclusive is not None else "")
+    raise _bad(where, path, value, f"must be {rng}{meaning}", example)
+
+
+def _as_choice(where: str, path: str, value: Any, choices: tuple[str, ...], example: str) -> str:
+    if isinstance(value, str) and value in choices:
+        return value
+    close = difflib.get_close_matches(str(value), choices, n=1) if isinstance(value, str) else []
+    hint = f" (did you mean {_show(close[0])}?)" if close else ""
+    raise _bad(where, path, value, f"must be one of {', '.join(_show(c) for c in choices)}{hint}",
+               example)
+
+
+def _as_path(where: str, path: str, value: Any, base: Path, example: str) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise _bad(where, path, value, "must be a non-empty path string", example)
+    p = Path(os.path.expanduser(value))
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _geometry(where: str, value: Any) -> GeometryConfig:
+    example = '"geometry": {"shape": [64, 64, 64]}'
+    obj = _as_object(where, "geometry", value, example)
+    if "stl" in obj:
+        raise GPEngineError(
+            f"{where}: geometry.stl is not supported yet (CAD parts come in a later version). "
+            f"Generate a box instead, e.g. {example}, and mask it yourself."
+        )
+    _check_keys(where, "geometry", obj, ("shape", "stl"))
+    if "shape" not in obj:
+        raise GPEngineError(f"{where}: geometry.shape is missing. Example fix: {example}")
+    shape = obj["shape"]
+    if not isinstance(shape, list) or len(shape) != 3:
+        raise _bad(where, "geometry.shape", shape, "must be a list of 3 integers [nx, ny, nz]",
+                   example)
+    dims = tuple(_as_int(where, f"geometry.shape[{i}]", v, 1, None, example, " (voxels)")
+                 for i, v in enumerate(shape))
+    return GeometryConfig(dims)  # type: ignore[arg-type]
+
+
+def _sampler(where: str, value: Any) -> SamplerConfig:
+    example = '"sampler": {"preset": "paper", "resample": 10}'
+    obj = _as_object(where, "sampler", value, example)
+    _check_keys(where, "sampler", obj, ("preset", "steps", "resample", "jump", "no_resample_tail"))
+    preset = _as_choice(where, "sampler.preset", obj.get("preset", "paper"),
+                        tuple(SAMPLER_PRESETS), '"sampler": {"preset": "fast"}')
+    s = dict(SAMPLER_PRESETS[preset])
+    if "steps" in obj:
+        s["steps"] = _as_int(where, "sampler.steps", obj["steps"], 2, None,
+                             '"sampler": {"steps": 50}', " (respaced reverse steps, ≤ the model's T)")
+    if "resample" in obj:
+        s["resample"] = _as_int(where, "sampler.resample", obj["resample"], 0, None,
+                                '"sampler": {"resample": 10}', " (0 = no resampling)")
+    if "jump" in obj:
+        s["jump"] = _as_int(where, "sampler.jump", obj["jump"], 1, None, '"sampler": {"jump": 1}')
+    if "steps" in obj and "no_resample_tail" not in obj:
+        # keep the preset's tail as the same fraction of the walk (paper: 25 of 250 steps)
+        preset_s = SAMPLER_PRESETS[preset]
+        s["tail"] = min(s["steps"] - 1, round(preset_s["tail"] * s["steps"] / preset_s["steps"]))
+    if "no_resample_tail" in obj:
+        s["tail"] = _as_int(where, "sampler.no_resample_tail", obj["no_resample_tail"], 0, None,
+                            '"sampler": {"no_resample_tail": 25}')
+    if s["tail"] > s["steps"] - 1:
+        name = "no_resample_tail" if "no_resample_tail" in obj else "steps"
+        raise _bad(where, f"sampler.{name}", obj[name] if name in obj else s["steps"],
+                   f"no_resample_tail ({s['tail']}) must be less than steps ({s['steps']})",
+                   f'"sampler": {{"steps": {s["steps"]}, "no_resample_tail": {s["steps"] // 10}}}')
+    if s["jump"] > s["steps"] - 1:
+        raise _bad(where, "sampler.jump", s["jump"], f"must be less than steps ({s['steps']})",
+                   '"sampler": {"jump": 1}')
+    return SamplerConfig(preset, s["steps"], s["resample"], s["jump"], s["tail"])
+
+
+def _segmentation(where: str, value: Any) -> SegmentationConfig:
+    example = '"segmentation": {"method": "dbscan", "eps": 1.9, "min_samples": 15}'
+    obj = _as_object(where, "segmentation", value, example)
+    _check_keys(where, "segmentation", obj, ("method", "eps", "min_samples", "value_scale"))
+    d = DEFAULTS["segmentation"]
+    method = _as_choice(where, "segmentation.method", obj.get("method", d["method"]),
+                        SEGMENTATION_METHODS, '"segmentation": {"method": "dbscan"}')
+    hi = 2.0 if method == "dbscan" else None
+    eps = _as_float(where, "segmentation.eps", obj.get("eps", d["eps"]), 0.0, hi,
+                    '"segmentation": {"eps": 1.9}',
+                    " (the grid DBSCAN is exact only for eps < 2: 26-neighbour stencil)" if hi else "")
+    min_samples = _as_int(where, "segmentation.min_samples", obj.get("min_samples", d["min_samples"]),
+                          1, None, '"segmentation": {"min_samples": 15}')
+    value_scale = _as_float(where, "segmentation.value_scale",
+                            obj.get("value_scale", d["value_scale"]), 0.0, None,
+                            '"segmentation": {"value_scale": 32.0}')
+    return SegmentationConfig(method, eps, min_samples, value_scale)
+
+
+def _outputs(where: str, value: Any, base: Path) -> OutputsConfig:
+    example = '"outputs": {"dir": "out", "formats": ["npy", "vti", "png"]}'
+    obj = _as_object(where, "outputs", value, example)
+    _check_keys(where, "outputs", obj, ("dir", "formats"))
+    d = DEFAULTS["outputs"]
+    out_dir = _as_path(where, "outputs.dir", obj.get("dir", d["dir"]), base, '"outputs": {"dir": "out"}')
+    formats = obj.get("formats", d["formats"])
+    if not isinstance(formats, list) or not formats:
+        raise _bad(where, "outputs.formats", formats,
+                   f"must be a non-empty list drawn from {', '.join(_show(f) for f in OUTPUT_FORMATS)}",
+                   example)
+    chosen: list[str] = []
+    for i, f in enumerate(formats):
+        f = _as_choice(where, f"outputs.formats[{i}]", f, OUTPUT_FORMATS, example)
+        if f not in chosen:
+            chosen.append(f)
+    return OutputsConfig(out_dir, tuple(chosen))
+
+
+def _reference(where: str, value: Any, base: Path) -> tuple[Path, ...] | None:
+    example = '"reference": ["potts_iso_100_seed1019.npz"]'
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise _bad(where, "reference", value, "must be null or a non-empty list of volume paths",
+                   example)
+    return tuple(_as_path(where, f"reference[{i}]", v, base, example) for i, v in enumerate(value))
+
+
+# --------------------------------------------------------------------------- entry point
+
+TOP_KEYS = ("version", "geometry", "model", "sampler", "plan", "batch_size", "backend", "seed",
+            "segmentation", "outputs", "reference", "checkpoint_every")
+
+
+def read_plan_json(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a plan file as a dict; malformed JSON is reported with its line and column."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GPEngineError(f"plan file {p} not found: check the path") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GPEngineError(f"cannot read plan file {p}: {exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise GPEngineError(
+            f"{p}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}. "
+            "Check for a missing comma, a trailing comma or an unquoted key there."
+        ) from None
+    if not isinstance(data, dict):
+        raise GPEngineError(f"{p}: the plan must be a JSON object {{...}}, got {type(data).__name__}")
+    return data
+
+
+def load_plan(path_or_dict: str | os.PathLike | Mapping[str, Any],
+              base_dir: str | os.PathLike | None = None) -> PlanConfig:
+    """Read and validate a plan (a plan.json path or an already parsed dict).
+
+    Relative paths (model, outputs.dir, reference) are resolved against the plan file's directory,
+    or against ``base_dir`` (default: the current directory) for a dict. Missing optional fields take
+    the values in :data:`DEFAULTS`. Raises GPEngineError naming the JSON path of the first bad field.
+    """
+    if isinstance(path_or_dict, Mapping):
+        data, source = path_or_dict, None
+        base = Path(base_dir) if base_dir is not None else Path.cwd()
+        where = "plan"
+    else:
+        source = Path(path_or_dict).resolve()
+        data = read_plan_json(source)
+        base = Path(base_dir) if base_dir is not None else source.parent
+        where = str(path_or_dict)
+    base = base.resolve()
+
+    _check_keys(where, "", data, TOP_KEYS)
+    if "version" not in data:
+        raise GPEngineError(f'{where}: "version" is missing. Example fix: "version": {PLAN_VERSION}')
+    version = data["version"]
+    if not (isinstance(version, int) and not isinstance(version, bool)) or version != PLAN_VERSION:
+        raise _bad(where, "version", version,
+                   f"this gp-engine reads plan version {PLAN_VERSION} only", f'"version": {PLAN_VERSION}')
+    if "geometry" not in data:
+        raise GPEngineError(f'{where}: "geometry" is missing. Example fix: '
+                            '"geometry": {"shape": [64, 64, 64]}')
+
+    geometry = _geometry(where, data["geometry"])
+    model_val = data.get("model", DEFAULTS["model"])
+    model = None if model_val is None else _as_path(
+        where, "model", model_val, base, '"model": "models/my-model" (or null for the shipped default)')
+    sampler = _sampler(where, data.get("sampler", DEFAULTS["sampler"]))
+    plan_obj = _as_object(where, "plan", data.get("plan", DEFAULTS["plan"]), '"plan": {"kind": "grid"}')
+    _check_keys(where, "plan", plan_obj, ("kind",))
+    plan_kind = _as_choice(where, "plan.kind", plan_obj.get("kind", "grid"), PLAN_KINDS,
+                           '"plan": {"kind": "grid"}')
+    batch_size = _as_int(where, "batch_size", data.get("batch_size", DEFAULTS["batch_size"]), 1, None,
+                         '"batch_size": 8', " (blocks per network call)")
+    backend = _as_choice(where, "backend", data.get("backend", DEFAULTS["backend"]), BACKENDS,
+                         '"backend": "auto"')
+    seed = _as_int(where, "seed", data.get("seed", DEFAULTS["seed"]), 0, MAX_SEED, '"seed": 0')
+    segmentation = _segmentation(where, data.get("segmentation", DEFAULTS["segmentation"]))
+    outputs = _outputs(where, data.get("outputs", DEFAULTS["outputs"]), base)
+    reference = _reference(where, data.get("reference", DEFAULTS["reference"]), base)
+    checkpoint_every = _as_int(where, "checkpoint_every",
+                               data.get("checkpoint_every", DEFAULTS["checkpoint_every"]), 0, None,
+                               '"checkpoint_every": 1', " (batches between checkpoints; 0 = never)")
+    return PlanConfig(PLAN_VERSION, geometry, model, sampler, plan_kind, batch_size, backend, seed,
+                      segmentation, outputs, reference, checkpoint_every, source)

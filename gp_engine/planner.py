@@ -1,0 +1,348 @@
+"""Block plans: where the 32³ blocks go, in which order, and which blocks each one waits for.
+
+Two plans, both for any box size ≥ 1 voxel per axis:
+
+* :func:`grid_plan` — GrainPaint's 8-stage grid (paper Alg. 1–2, Table 3). Along each axis, "A"
+  blocks sit every 1.5 blocks (48 voxels; 16-voxel gaps) and "B" blocks are shifted by 0.75 blocks
+  (24 voxels) to fill the gaps with 8 voxels of overlap on each side. Stage s takes A or B per axis
+  according to Table 3: stage 1 = (A, A, A), stage 2 = (A, A, B), … For box sides that are not
+  48·n + 32 the last block on an axis is clamped to end at the box edge (see :func:`grid_axis`).
+* :func:`center_plan` — the centre-out plan used for anisotropic data: the centre block, then a
+  cross along the three axes with 16-voxel overlap, then everything else on an 8-voxel-overlap grid
+  in rings of growing Chebyshev distance from the centre (see :func:`center_plan`).
+
+In both, each block depends on every *earlier* block whose corner is within Chebyshev distance one
+block (|Δ| ≤ 32 voxels on every axis), as in Alg. 1; so blocks that share voxels are always ordered
+by a dependency. :func:`make_batches` then groups blocks into batches that never contain two
+dependent or overlapping blocks.
+
+Boxes thinner than one block on an axis are planned on a canvas padded to one block on that axis
+(:func:`canvas_shape`); the generator crops the result back to the requested shape.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .errors import GPEngineError
+
+BLOCK = 32
+
+#: Paper Table 3: per stage, which axes take the 0.75-block offset (1 = B positions, 0 = A).
+#: The limit reductions of Table 3 are implied: an axis with the offset has one grid point fewer.
+STAGE_PATTERNS: tuple[tuple[int, int, int], ...] = (
+    (0, 0, 0), (0, 0, 1), (1, 1, 1), (1, 1, 0), (1, 0, 1), (0, 1, 1), (1, 0, 0), (0, 1, 0),
+)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of a plan: ``corner`` is its lowest voxel (x, y, z) on the canvas; ``deps`` are the
+    indices of earlier blocks that must be generated before it; ``stage`` is for display (grid:
+    paper stage 1–8; centre: 1 = centre, 2 = cross, 2 + r = fill ring r)."""
+
+    index: int
+    corner: tuple[int, int, int]
+    stage: int
+    deps: tuple[int, ...]
+
+
+# --------------------------------------------------------------------------- geometry helpers
+
+
+def _check_block(block: int) -> int:
+    if not isinstance(block, (int, np.integer)) or block < 4 or block % 4:
+        raise GPEngineError(f"block size {block!r} must be a positive multiple of 4 (the model uses 32)")
+    return int(block)
+
+
+def canvas_shape(shape: Sequence[int], block: int = BLOCK) -> tuple[int, int, int]:
+    """The shape actually planned and generated: ``shape`` with each axis padded up to ``block``.
+
+    The generator allocates this canvas and crops ``[:nx, :ny, :nz]`` at the end.
+    """
+    block = _check_block(block)
+    if len(shape) != 3 or any(int(n) < 1 for n in shape):
+        raise GPEngineError(f"box shape {tuple(shape)} must be three integers ≥ 1")
+    return tuple(max(int(n), block) for n in shape)  # type: ignore[return-value]
+
+
+def grid_axis(length: int, block: int = BLOCK) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Corner positions (A, B) along one axis of ``length`` voxels (padded to ``block``).
+
+    Ideal positions are k·step with step = 0.75 block (24 voxels), A for even k and B for odd k, as
+    in the paper. Keep k = 0 … k*-1 where k* is the first position whose block reaches the edge, and
+    put a final block at ``length - block`` (clamped to the edge). With s = the final block's distance
+    past position k*-1 (0 < s ≤ step):
+
+    * s = step: the final block is ideal position k* (sides 48·n + 32 give exactly the paper grid);
+    * k* odd (position k*-1 is A): the final block is B, overlapping that A block by ≥ 8 voxels;
+    * k* even, s ≥ block/2: the final block is A; the B block at k*-1 fills a gap of s - 8 ≥ 8;
+    * k* even, s < block/2: the gap would be under 8 voxels, so the final block is B instead and is
+      generated after the B block at k*-1 (overlap 32 - s), i.e. a short chain.
+    """
+    block = _check_block(block)
+    length = max(int(length), block)
+    step = 3 * block // 4
+    if length == block:
+        return (0,), ()
+    kstar = -(-(length - block) // step)  # ceil
+    s = (length - block) - step * (kstar - 1)
+    final = length - block
+    if s == step:
+        final_class = kstar % 2
+    elif kstar % 2 == 1:
+        final_class = 1
+    else:
+        final_class = 0 if s >= block // 2 else 1
+    a = [k * step for k in range(kstar) if k % 2 == 0]
+    b = [k * step for k in range(kstar) if k % 2 == 1]
+    (a if final_class == 0 else b).append(final)
+    return tuple(sorted(set(a))), tuple(sorted(set(b)))
+
+
+def ring_axis(length: int, block: int, stride: int) -> list[tuple[int, int]]:
+    """(corner, ring) positions along one axis, centred: the centre block at (length-block)//2, then
+    ``stride`` steps outwards on both sides; the last block on each side is clamped to the edge.
+    Sorted by ring, then corner; ring = number of steps from the centre."""
+    length = max(int(length), block)
+    c0 = (length - block) // 2
+    out = [(c0, 0)]
+    for sign, edge in ((-1, 0), (1, length - block)):
+        p, j = c0, 0
+        while p != edge:
+            j += 1
+            p = max(c0 - stride * j, 0) if sign < 0 else min(c0 + stride * j, edge)
+            out.append((p, j))
+    return sorted(set(out), key=lambda pr: (pr[1], pr[0]))
+
+
+# --------------------------------------------------------------------------- dependencies
+
+
+def chebyshev_dependencies(corners: Sequence[Sequence[int]], block: int = BLOCK) -> list[tuple[int, ...]]:
+    """For each corner, the indices of EARLIER corners within Chebyshev distance ``block``.
+
+    This is Alg. 1's ``max(|Δx|, |Δy|, |Δz|) ≤ 1`` (in block units) applied to list order: it
+    covers every pair of blocks that overlap (|Δ| < block on all axes) and those that touch.
+    A spatial hash on cells of ``block`` voxels keeps it O(n).
+    """
+    cells: dict[tuple[int, int, int], list[int]] = {}
+    deps: list[tuple[int, ...]] = []
+    for i, c in enumerate(corners):
+        c = tuple(int(v) for v in c)
+        key = tuple(v // block for v in c)
+        found: list[int] = []
+        for d in itertools.product((-1, 0, 1), repeat=3):
+            for j in cells.get((key[0] + d[0], key[1] + d[1], key[2] + d[2]), ()):
+                q = corners[j]
+                if max(abs(int(q[0]) - c[0]), abs(int(q[1]) - c[1]), abs(int(q[2]) - c[2])) <= block:
+                    found.append(j)
+        deps.append(tuple(sorted(found)))
+        cells.setdefault(key, []).append(i)  # type: ignore[arg-type]
+    return deps
+
+
+def new_voxels(corners: Sequence[Sequence[int]], block: int = BLOCK) -> np.ndarray:
+    """Voxels each block generates that no earlier block covered (the RePaint "unknown" count).
+
+    Works on a compressed grid whose cells are cut at every block boundary, so it needs memory
+    ~ (2 × blocks per axis)³, not the box size.
+    """
+    if len(corners) == 0:
+        return np.zeros(0, np.int64)
+    arr = np.asarray(corners, np.int64).reshape(-1, 3)
+    cuts = [np.unique(np.concatenate([arr[:, a], arr[:, a] + block])) for a in range(3)]
+    widths = [np.diff(c) for c in cuts]
+    covered = np.zeros(tuple(len(w) for w in widths), bool)
+    cell_vol = widths[0][:, None, None] * widths[1][None, :, None] * widths[2][None, None, :]
+    out = np.empty(len(arr), np.int64)
+    for n, c in enumerate(arr):
+        sl = tuple(slice(np.searchsorted(cuts[a], c[a]), np.searchsorted(cuts[a], c[a] + block))
+                   for a in range(3))
+        out[n] = int(cell_vol[sl][~covered[sl]].sum())
+        covered[sl] = True
+    return out
+
+
+def _finish(corners: list[tuple[int, int, int]], stages: list[int], block: int) -> list[Block]:
+    """Dedupe coincident corners (keep the first), drop blocks that would add no voxel, number the
+    rest and attach their dependencies."""
+    seen: set[tuple[int, int, int]] = set()
+    keep_c, keep_s = [], []
+    for c, s in zip(corners, stages):
+        if c not in seen:
+            seen.add(c)
+            keep_c.append(c)
+            keep_s.append(s)
+    useful = new_voxels(keep_c, block) > 0
+    keep_c = [c for c, u in zip(keep_c, useful) if u]
+    keep_s = [s for s, u in zip(keep_s, useful) if u]
+    deps = chebyshev_dependencies(keep_c, block)
+    return [Block(i, c, s, d) for i, (c, s, d) in enumerate(zip(keep_c, keep_s, deps))]
+
+
+# --------------------------------------------------------------------------- plans
+
+
+def grid_plan(shape: Sequence[int], block: int = BLOCK) -> list[Block]:
+    """The paper's 8-stage grid plan over ``canvas_shape(shape, block)``.
+
+    Stage by stage (Table 3), corners are the product of the per-axis A/B lists of
+    :func:`grid_axis` in x-major order (Alg. 1's i, j, k loops). Every block depends on all earlier
+    blocks within Chebyshev distance ``block``. For sides 48·n + 32 this is exactly Alg. 1–2.
+    """
+    canvas = canvas_shape(shape, block)
+    axes = [grid_axis(n, block) for n in canvas]
+    corners: list[tuple[int, int, int]] = []
+    stages: list[int] = []
+    for stage, pattern in enumerate(STAGE_PATTERNS, start=1):
+        lists = [axes[a][pattern[a]] for a in range(3)]
+        for c in itertools.product(*lists):
+            corners.append(c)  # type: ignore[arg-type]
+            stages.append(stage)
+    return _finish(corners, stages, block)
+
+
+def center_plan(shape: Sequence[int], block: int = BLOCK) -> list[Block]:
+    """Centre-out plan (paper §3.3, anisotropic data) over ``canvas_shape(shape, block)``.
+
+    1. Stage 1: the centre block, corner ``(n - block) // 2`` per axis.
+    2. Stage 2: the cross — blocks along each axis line through the centre every ``block/2`` voxels
+       (16-voxel overlap, so grain rows stay aligned), outwards ring by ring (ring 1 on all three
+       axes, then ring 2, …); the last block of each arm is clamped to the edge.
+    3. Stage 2 + r: the fill — every other block of the grid with stride ``0.75·block`` (8-voxel
+       overlap) centred on the centre block, in rings r = Chebyshev distance from the centre in grid
+       steps, inside a ring by Manhattan distance (faces before edges before corners), then corner.
+       Grid blocks on a cross line (two indices zero) are skipped: the cross already covers them.
+
+    Dependencies: every earlier block within Chebyshev distance ``block`` (overlapping or touching).
+    """
+    block = _check_block(block)
+    canvas = canvas_shape(shape, block)
+    cross_axes = [ring_axis(n, block, block // 2) for n in canvas]
+    fill_axes = [ring_axis(n, block, 3 * block // 4) for n in canvas]
+    centre = tuple(ax[0][0] for ax in fill_axes)
+
+    corners: list[tuple[int, int, int]] = [centre]  # type: ignore[list-item]
+    stages = [1]
+    cross: list[tuple[int, int, tuple[int, int, int]]] = []
+    for a in range(3):
+        for pos, ring in cross_axes[a][1:]:
+            c = list(centre)
+            c[a] = pos
+            cross.append((ring, a, tuple(c)))  # type: ignore[arg-type]
+    for ring, a, c in sorted(cross):
+        corners.append(c)
+        stages.append(2)
+
+    fill = []
+    for (px, rx), (py, ry), (pz, rz) in itertools.product(*fill_axes):
+        if (rx == 0) + (ry == 0) + (rz == 0) >= 2:
+            continue
+        fill.append((max(rx, ry, rz), rx + ry + rz, (px, py, pz)))
+    for ring, _, c in sorted(fill):
+        corners.append(c)
+        stages.append(2 + ring)
+    return _finish(corners, stages, block)
+
+
+PLANNERS = {"grid": grid_plan, "center": center_plan}
+
+
+def make_plan(kind: str, shape: Sequence[int], block: int = BLOCK) -> list[Block]:
+    """Dispatch on a plan kind (plan.json ``plan.kind``)."""
+    if kind not in PLANNERS:
+        raise GPEngineError(f"plan kind {kind!r} is unknown; use one of {', '.join(PLANNERS)}")
+    return PLANNERS[kind](shape, block)
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def validate_blocks(blocks: Sequence[Block]) -> None:
+    """Raise GPEngineError unless indices are 0..n-1 in order and deps point to earlier blocks."""
+    for i, b in enumerate(blocks):
+        if b.index != i:
+            raise GPEngineError(f"block list position {i} holds block index {b.index}: indices must be 0..n-1 in order")
+        for d in b.deps:
+            if not 0 <= d < i:
+                raise GPEngineError(f"block {i} depends on block {d}, which is not an earlier block")
+
+
+def _overlap(a: Sequence[int], b: Sequence[int], block: int) -> bool:
+    return all(abs(int(x) - int(y)) < block for x, y in zip(a, b))
+
+
+def make_batches(blocks: Sequence[Block], batch_size: int, block: int = BLOCK) -> list[list[int]]:
+    """Group block indices into batches of at most ``batch_size`` (paper §2.5).
+
+    Repeatedly walk the pending blocks in list order and take each block whose dependencies are all
+    in earlier batches and that neither overlaps nor depends on a block already in this batch, until
+    the batch is full. Every block lands in exactly one batch; batches run in order.
+    """
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise GPEngineError(f"batch_size = {batch_size!r} must be an integer ≥ 1")
+    validate_blocks(blocks)
+    n = len(blocks)
+    waiting = [len(b.deps) for b in blocks]
+    dependents: list[list[int]] = [[] for _ in range(n)]
+    for b in blocks:
+        for d in b.deps:
+            dependents[d].append(b.index)
+    ready = [i for i in range(n) if waiting[i] == 0]
+    heapq.heapify(ready)
+    batches: list[list[int]] = []
+    while ready:
+        batch: list[int] = []
+        skipped: list[int] = []
+        while ready and len(batch) < batch_size:
+            i = heapq.heappop(ready)
+            if any(_overlap(blocks[i].corner, blocks[j].corner, block) for j in batch):
+                skipped.append(i)
+            else:
+                batch.append(i)
+        for i in skipped:
+            heapq.heappush(ready, i)
+        for i in batch:
+            for k in dependents[i]:
+                waiting[k] -= 1
+                if waiting[k] == 0:
+                    heapq.heappush(ready, k)
+        batches.append(batch)
+    done = sum(len(b) for b in batches)
+    if done != n:  # pragma: no cover - validate_blocks makes the graph acyclic
+        raise GPEngineError(f"plan has a dependency cycle: only {done} of {n} blocks can be scheduled")
+    return batches
+
+
+# --------------------------------------------------------------------------- cost
+
+
+def evaluations_per_block(steps: int, resample: int, jump: int = 1, tail: int = 0) -> int:
+    """Network evaluations RePaint spends on one block with these sampler settings.
+
+    Uses :func:`gp_engine.repaint.count_evaluations` (the generator's own schedule) when present;
+    otherwise the same closed form: ``steps`` reverse steps plus ``resample·jump`` extra reverse
+    steps at each jump point j = tail, tail + jump, … < steps - jump. Paper preset: 2490.
+    """
+    try:
+        from .repaint import count_evaluations
+    except ImportError:  # pragma: no cover - repaint ships with the package
+        count_evaluations = None
+    if count_evaluations is not None:
+        return int(count_evaluations(int(steps), int(resample), int(jump), int(tail)))
+    return int(steps) + int(resample) * int(jump) * len(range(int(tail), int(steps) - int(jump), int(jump)))
+
+
+def stage_counts(blocks: Iterable[Block]) -> dict[int, int]:
+    """Number of blocks per stage, in stage order."""
+    counts: dict[int, int] = {}
+    for b in blocks:
+        counts[b.stage] = counts.get(b.stage, 0) + 1
+    return dict(sorted(counts.items()))

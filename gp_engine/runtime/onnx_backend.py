@@ -1,0 +1,64 @@
+"""onnxruntime backend: CPU everywhere, CUDA execution provider when onnxruntime-gpu is present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import GPEngineError
+
+
+def session_providers(available: list[str], prefer_cuda: bool = True) -> list:
+    """CUDA EP first when present (cuDNN conv search HEURISTIC: the default can pick a slow path)."""
+    if prefer_cuda and "CUDAExecutionProvider" in available:
+        return [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}),
+                "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OnnxEngine:
+    """``predict_eps`` on an ONNX model with a fixed batch size (partial batches are padded)."""
+
+    def __init__(self, model_dir: Path, manifest: dict, batch_size: int,
+                 threads: int | None = None, prefer_cuda: bool = True):
+        import onnxruntime as ort
+
+        onnx_info = manifest.get("onnx") or {}
+        path = Path(model_dir) / onnx_info.get("file", "model.onnx")
+        if not path.is_file():
+            raise GPEngineError(f"ONNX model {path} is missing; rebuild the model with 'gp-engine build'")
+        self.batch_size = int(batch_size)
+        self.block = int(manifest.get("block_size", 32))
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        n = threads or int(os.environ.get("GP_ENGINE_THREADS", "0")) or (os.cpu_count() or 1)
+        opts.intra_op_num_threads = n
+        opts.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(
+                str(path), opts, providers=session_providers(ort.get_available_providers(), prefer_cuda))
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise GPEngineError(f"onnxruntime could not load {path}: {exc}; rebuild the model") from None
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        self.x_name = "x" if "x" in inputs else list(inputs)[0]
+        self.t_name = "t" if "t" in inputs else list(inputs)[1]
+        self.out_name = self.session.get_outputs()[0].name
+        dim0 = inputs[self.x_name].shape[0]
+        if isinstance(dim0, int) and dim0 != self.batch_size:
+            raise GPEngineError(f"{path} has a fixed batch of {dim0}, not {self.batch_size}; "
+                                f"use --batch-size {dim0} or export with a dynamic batch")
+        self.name = "onnxruntime-" + self.session.get_providers()[0].replace("ExecutionProvider", "").lower()
+
+    def predict_eps(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        b = x.shape[0]
+        if b > self.batch_size:
+            raise GPEngineError(f"batch of {b} blocks exceeds the engine batch size {self.batch_size}")
+        if b < self.batch_size:  # big fixed batches: pad with zeros
+            pad = self.batch_size - b
+            x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], np.float32)])
+            t = np.concatenate([t, np.full(pad, t[0] if b else 0, np.float32)])
+        out = self.session.run([self.out_name], {self.x_name: np.ascontiguousarray(x, np.float32),
+                                                 self.t_name: np.ascontiguousarray(t, np.float32)})[0]
+        return out[:b]

@@ -1,0 +1,239 @@
+"""torch backend: the whole RePaint step on the device, captured in CUDA graphs.
+
+One step = mix known voxels + network + DDPM posterior (+ noise), or one forward re-noise. Both
+kinds read their coefficients from device tables indexed by a device-side step index and advance a
+device-side transition counter, so each is captured once as a CUDA graph and the host loop only
+replays graphs (no per-kernel launches, no host→device copies, one sync per batch for the NaN flag).
+
+The noise is the same counter-based hash as :mod:`gp_engine.mixing`, computed with int64 tensor ops
+on the device: the torch and CPU samplers draw identical noise for identical (seed, block, step),
+which is what makes ``device="cpu"`` a meaningful test of this module's arithmetic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import mixing
+from ..errors import GPEngineError
+from ..repaint import INIT_COUNTER, STREAM_INIT, STREAM_MIX, STREAM_STEP, SamplerSetup
+
+M32 = 0xFFFFFFFF
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x·c) mod 2³² for 32-bit values held in int64, split in 16-bit halves so nothing overflows."""
+    lo, hi = c & 0xFFFF, c >> 16
+    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & M32
+
+
+def hash32(x: torch.Tensor) -> torch.Tensor:
+    """lowbias32 on int64 tensors (same function as mixing._h32)."""
+    x = x & M32
+    x = x ^ (x >> 16)
+    x = _mul32(x, mixing.C1)
+    x = x ^ (x >> 15)
+    x = _mul32(x, mixing.C2)
+    return x ^ (x >> 16)
+
+
+def row_keys(seed_key: torch.Tensor, block_ids: torch.Tensor, counter: torch.Tensor,
+             stream: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row keys [B, 1] from hash(seed) (scalar tensor), block ids [B], counter (scalar tensor)."""
+    k = hash32(seed_key ^ (block_ids & M32))
+    k = hash32(k ^ (counter & M32))
+    k = hash32(k ^ stream)
+    k2 = hash32(k ^ mixing.GOLDEN)
+    return k[:, None], k2[:, None]
+
+
+def counter_normal(k1: torch.Tensor, k2: torch.Tensor, voxel: torch.Tensor) -> torch.Tensor:
+    """Standard normals [B, n] for voxels ``voxel`` (int64 [n]) under row keys (k1, k2)."""
+    a = 2 * voxel[None, :]
+    h1 = hash32(hash32(a ^ k1) ^ k2)
+    h2 = hash32(hash32((a + 1) ^ k1) ^ k2)
+    u1 = ((h1 >> 8).to(torch.float32) + 0.5) * (1.0 / 16777216.0)
+    u2 = (h2 >> 8).to(torch.float32) * (1.0 / 16777216.0)
+    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * np.pi) * u2)
+
+
+class TorchSampler:
+    """Static-shape RePaint sampler for one (model, setup, batch size); CUDA graphs on CUDA."""
+
+    def __init__(self, model: torch.nn.Module, setup: SamplerSetup, batch_size: int,
+                 block_shape: tuple[int, ...] = (1, 32, 32, 32), device: str = "cuda",
+                 precision: str = "fp32", use_graphs: bool | None = None):
+        self.model, self.setup, self.B = model, setup, int(batch_size)
+        self.shape, self.device = tuple(block_shape), torch.device(device)
+        self.dtype = DTYPES[precision]
+        self.n = int(np.prod(self.shape))
+        dev = self.device
+        tab = {k: torch.tensor(v, dtype=torch.float32, device=dev)
+               for k, v in setup.respaced.coefficients().items()}
+        self.tab = tab
+        self.voxel = torch.arange(self.n, dtype=torch.int64, device=dev)
+        self.x = torch.zeros(self.B, self.n, device=dev)
+        self.x0 = torch.zeros(self.B, self.n, device=dev)
+        self.mask = torch.zeros(self.B, self.n, dtype=torch.bool, device=dev)
+        self.ids = torch.full((self.B,), -1, dtype=torch.int64, device=dev)
+        self.seed_key = torch.zeros((), dtype=torch.int64, device=dev)
+        self.i = torch.zeros((), dtype=torch.int64, device=dev)   # current respaced index
+        self.k = torch.zeros((), dtype=torch.int64, device=dev)   # transition counter
+        self.bad = torch.zeros(self.B, dtype=torch.bool, device=dev)
+        self.use_graphs = (self.device.type == "cuda") if use_graphs is None else use_graphs
+        self.graphs: dict[str, torch.cuda.CUDAGraph] = {}
+
+    # ---- the two step kinds (pure tensor code, capture-safe: no host syncs)
+    def _noise(self, stream: int) -> torch.Tensor:
+        k1, k2 = row_keys(self.seed_key, self.ids, self.k, stream)
+        return counter_normal(k1, k2, self.voxel)
+
+    def _eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        xin = x.view((self.B,) + self.shape)
+        if self.dtype != torch.float32:
+            with torch.autocast(self.device.type, dtype=self.dtype):
+                out = self.model(xin, t)
+        else:
+            out = self.model(xin, t)
+        return out.reshape(self.B, self.n).float()
+
+    def reverse_step(self) -> None:
+        t = self.tab
+        i = self.i
+        sab, s1 = t["sqrt_ab"][i], t["sqrt_1mab"][i]
+        mixed = sab * self.x0 + s1 * self._noise(STREAM_MIX)
+        x = torch.where(self.mask, mixed, self.x)
+        eps = self._eps(x, t["t_model"][i].expand(self.B))
+        self.bad |= ~torch.isfinite(eps).all(dim=1)
+        x0p = (x - s1 * eps) / sab
+        if self.setup.clip_x0:
+            x0p = x0p.clamp(-1.0, 1.0)
+        y = t["c_x0"][i] * x0p + t["c_xt"][i] * x + t["sigma"][i] * self._noise(STREAM_STEP)
+        self.x.copy_(y)
+        self.i.sub_(1)
+        self.k.add_(1)
+
+    def forward_step(self) -> None:
+        j = self.i + 1
+        y = self.tab["sqrt_a"][j] * self.x + self.tab["sqrt_1ma"][j] * self._noise(STREAM_STEP)
+        self.x.copy_(y)
+        self.i.add_(1)
+        self.k.add_(1)
+
+    # ---- graph capture
+    def _capture(self) -> None:
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):  # warm up (cuDNN autotune, allocator) outside the graph
+            self.i.fill_(1)
+            for _ in range(2):
+                self.reverse_step()
+                self.forward_step()
+        torch.cuda.current_stream().wait_stream(s)
+        for name, fn in (("reverse", self.reverse_step), ("forward", self.forward_step)):
+            self.i.fill_(1)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                fn()
+            self.graphs[name] = g
+        torch.cuda.synchronize()
+
+    def _load(self, x0: np.ndarray, mask: np.ndarray, block_ids: np.ndarray, seed: int) -> int:
+        b = x0.shape[0]
+        if b > self.B:
+            raise GPEngineError(f"batch of {b} blocks exceeds the engine batch size {self.B}")
+        ids = np.full(self.B, -1, np.int64)
+        ids[:b] = block_ids
+        x0p = np.zeros((self.B, self.n), np.float32)
+        mp = np.zeros((self.B, self.n), bool)
+        x0p[:b] = x0.reshape(b, self.n)
+        mp[:b] = mask.reshape(b, self.n).astype(bool)
+        self.x0.copy_(torch.from_numpy(x0p))
+        self.mask.copy_(torch.from_numpy(mp))
+        self.ids.copy_(torch.from_numpy(ids))
+        self.seed_key.fill_(int(mixing.hash32_np(np.uint64(int(seed) % (1 << 32)))))
+        self.k.fill_(INIT_COUNTER)
+        self.x.copy_(self._noise(STREAM_INIT))
+        self.k.fill_(0)
+        self.i.fill_(self.setup.respaced.steps - 1)
+        self.bad.zero_()
+        return b
+
+    @torch.no_grad()
+    def run(self, x0: np.ndarray, mask: np.ndarray, block_ids: np.ndarray, seed: int,
+            on_step=None) -> np.ndarray:
+        """RePaint a batch; returns x [b, *block_shape] float32 with known voxels = x0 exactly."""
+        if self.use_graphs and not self.graphs:
+            self._capture()
+        b = self._load(x0, mask, block_ids, seed)
+        for k, (i, j) in enumerate(self.setup.transitions):
+            if j < i:
+                self.graphs["reverse"].replay() if self.use_graphs else self.reverse_step()
+                if on_step is not None:
+                    on_step(k)
+            else:
+                self.graphs["forward"].replay() if self.use_graphs else self.forward_step()
+        bad = self.bad[:b].cpu().numpy()
+        if bad.any():
+            blocks = [int(v) for v in np.asarray(block_ids)[bad]]
+            raise GPEngineError(f"the network returned NaN/inf for block(s) {blocks} on backend "
+                                f"torch-{self.device.type} ({self.dtype}); try --backend onnxruntime "
+                                "or precision fp32")
+        x = torch.where(self.mask, self.x0, self.x)[:b].cpu().numpy()
+        return x.reshape((b,) + self.shape)
+
+
+class TorchEngine:
+    """Engine protocol on a torch module; ``sample_batch`` runs the graph-captured sampler."""
+
+    def __init__(self, model: torch.nn.Module, batch_size: int, device: str = "cuda",
+                 precision: str = "fp32", block: int = 32):
+        self.model = model.eval().to(device)
+        self.batch_size, self.device, self.precision = int(batch_size), device, precision
+        self.block = block
+        self.name = f"torch-{torch.device(device).type}-{precision}"
+        self._samplers: dict[int, TorchSampler] = {}
+
+    @classmethod
+    def from_model_dir(cls, model_dir: Path, manifest: dict, batch_size: int, device: str = "cuda",
+                       precision: str | None = None) -> "TorchEngine":
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise GPEngineError("backend torch-cuda needs a CUDA GPU; use --backend onnxruntime")
+        ckpt = manifest.get("checkpoint")
+        if not ckpt or not (Path(model_dir) / ckpt).is_file():
+            raise GPEngineError(f"{model_dir} has no torch checkpoint (manifest 'checkpoint'); "
+                                "use --backend onnxruntime or rebuild the model with its checkpoint")
+        from ..checkpoint import load_model
+
+        model, _meta = load_model(Path(model_dir) / ckpt, device)
+        prec = precision or ("bf16" if device.startswith("cuda") else "fp32")
+        if prec not in DTYPES:
+            raise GPEngineError(f"precision {prec!r} is unknown; use fp32, fp16 or bf16")
+        return cls(model, batch_size, device, prec, int(manifest.get("block_size", 32)))
+
+    @torch.no_grad()
+    def predict_eps(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        b = x.shape[0]
+        xt = torch.zeros((self.batch_size,) + x.shape[1:], device=self.device)
+        xt[:b] = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+        tt = torch.full((self.batch_size,), float(t[0]), device=self.device)
+        tt[:b] = torch.from_numpy(np.ascontiguousarray(t, np.float32))
+        dtype = DTYPES[self.precision]
+        if dtype != torch.float32:
+            with torch.autocast(torch.device(self.device).type, dtype=dtype):
+                out = self.model(xt, tt)
+        else:
+            out = self.model(xt, tt)
+        return out.float()[:b].cpu().numpy()
+
+    def sample_batch(self, x0: np.ndarray, mask: np.ndarray, block_ids: np.ndarray, seed: int,
+                     setup: SamplerSetup, on_step=None) -> np.ndarray:
+        key = id(setup)
+        if key not in self._samplers:
+            self._samplers = {key: TorchSampler(self.model, setup, self.batch_size,
+                                                tuple(x0.shape[1:]), self.device, self.precision)}
+        return self._samplers[key].run(x0, mask, block_ids, seed, on_step)

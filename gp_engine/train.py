@@ -1,0 +1,349 @@
+"""Slim DDPM trainer: ε-prediction on 32³ blocks drawn by :mod:`gp_engine.blocks`.
+
+AdamW, EMA weights (exported by default), gradient clipping, bf16 autocast on CUDA (fp16 + GradScaler as
+an option), periodic atomic checkpoints that ``resume`` continues exactly (weights, optimizer, EMA, step,
+generator state), validation loss on fixed held-out blocks with fixed noise and timesteps, a tqdm bar
+with loss and samples/s, and a loss-curve PNG next to the checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .blocks import BlockSource, list_volume_files, load_volume, split_train_val
+from .checkpoint import load_checkpoint, save_checkpoint
+from .diffusion import Schedule, linear_schedule
+from .errors import GPEngineError
+from .unet import build_unet, count_parameters, preset_config
+
+
+@dataclass
+class TrainOptions:
+    """Everything ``gp-engine train`` can set (stored in the checkpoint's training metadata)."""
+
+    data: list[str] = field(default_factory=list)
+    out: str = "model.pt"
+    preset: str = "small"
+    steps: int = 10_000
+    batch_size: int = 32
+    encoding: str = "separable"
+    levels: int | None = None          # None: gp_engine.encoding.DEFAULT_LEVELS
+    device: str = "auto"
+    precision: str = "auto"            # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    loss: str = "mse"                  # mse | l1
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    T: int = 250
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    random_fraction: float = 0.5       # share of each batch from uniform random crops
+    val_pattern: str | None = None
+    val_every: int = 250
+    val_blocks: int = 64
+    checkpoint_every: int = 500
+    log_every: int = 10
+    time_limit_min: float | None = None
+    seed: int = 0
+    resume: bool = False
+    force: bool = False
+    compile: bool = False
+    threads: int | None = None
+    progress: bool = True
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise GPEngineError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise GPEngineError(f"--device {name!r} is unknown; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def pick_precision(name: str, device: torch.device) -> str:
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if name not in ("bf16", "fp16", "fp32"):
+        raise GPEngineError(f"precision {name!r} is unknown; use auto, bf16, fp16 or fp32")
+    if name == "fp16" and device.type != "cuda":
+        raise GPEngineError("fp16 training needs CUDA; use --precision fp32 (or bf16) on CPU")
+    return name
+
+
+def diffusion_loss(model: torch.nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+                   sqrt_ab: torch.Tensor, sqrt_1mab: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """ε-prediction loss at timesteps ``t``: x_t = √ᾱ x0 + √(1-ᾱ) ε, loss(model(x_t, t), ε)."""
+    shape = (-1,) + (1,) * (x0.dim() - 1)
+    xt = sqrt_ab[t].view(shape) * x0 + sqrt_1mab[t].view(shape) * noise
+    pred = model(xt, t.float())
+    if kind == "l1":
+        return torch.nn.functional.l1_loss(pred.float(), noise)
+    return torch.nn.functional.mse_loss(pred.float(), noise)
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    ema_p = [p for p in ema.parameters()]
+    src = [p.detach() for p in model.parameters()]
+    torch._foreach_lerp_(ema_p, src, 1.0 - decay)
+    for b_e, b in zip(ema.buffers(), model.buffers()):
+        b_e.copy_(b)
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """Warm-up of the EMA decay, min(decay, (1+step)/(10+step)): early EMA follows the fast-moving weights."""
+    return min(decay, (1.0 + step) / (10.0 + step))
+
+
+def plot_loss_curve(history: dict, path: str | os.PathLike, title: str = "") -> Path | None:
+    """Train (and validation) loss against step, log y axis, written atomically as PNG."""
+    train = history.get("train") or []
+    if not train:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    s, l = zip(*train)
+    ax.plot(s, l, label="train", lw=1)
+    val = history.get("val") or []
+    if val:
+        vs, vl = zip(*val)
+        ax.plot(vs, vl, "o-", label="validation (EMA)", ms=3)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def loss_curve_path(out: str | os.PathLike) -> Path:
+    out = Path(out)
+    return out.with_name(out.stem + "_loss_curve.png")
+
+
+class _Validator:
+    """Loss of a model on fixed held-out blocks, fixed noise and fixed timesteps."""
+
+    def __init__(self, source: BlockSource, n_blocks: int, T: int, seed: int, batch: int):
+        g = torch.Generator(device=source.device).manual_seed(seed + 7919)
+        self.x0 = source.tiling_blocks(g, limit=n_blocks)
+        n = self.x0.shape[0]
+        self.t = torch.randint(0, T, (n,), device=source.device, generator=g)
+        self.noise = torch.randn(self.x0.shape, device=source.device, generator=g)
+        self.batch = batch
+
+    @torch.no_grad()
+    def __call__(self, model, sqrt_ab, sqrt_1mab, kind, autocast) -> float:
+        total, n = 0.0, self.x0.shape[0]
+        for i in range(0, n, self.batch):
+            sl = slice(i, i + self.batch)
+            with autocast():
+                loss = diffusion_loss(model, self.x0[sl], self.t[sl], self.noise[sl], sqrt_ab, sqrt_1mab, kind)
+            total += float(loss) * self.x0[sl].shape[0]
+        return total / n
+
+
+def _load_sources(opts: TrainOptions, device: torch.device, encoding: dict, resumed: dict | None):
+    if resumed is not None:
+        train_files = [Path(p) for p in resumed["training"]["train_files"]]
+        val_files = [Path(p) for p in resumed["training"]["val_files"]]
+        gone = [str(p) for p in train_files + val_files if not p.is_file()]
+        if gone:
+            raise GPEngineError(f"cannot resume: training files {', '.join(gone[:3])} are gone; "
+                                "resume where the data lives or start a new run")
+    else:
+        if not opts.data:
+            raise GPEngineError("no training data given; use --data DIR (volume files: .npz/.npy/.vti/SPPARKS dump)")
+        train_files, val_files = split_train_val(list_volume_files(opts.data), opts.val_pattern)
+    kind, levels = encoding["kind"], encoding.get("levels")
+    train_src = BlockSource([load_volume(p) for p in train_files], kind, levels, device)
+    val_src = BlockSource([load_volume(p) for p in val_files], kind, levels, device) if val_files else None
+    return train_files, val_files, train_src, val_src
+
+
+def train(opts: TrainOptions) -> dict:
+    """Train (or resume) and write ``opts.out``; returns the training metadata dict."""
+    t_start = time.time()
+    if opts.threads:
+        torch.set_num_threads(int(opts.threads))
+    if opts.steps < 1 or opts.batch_size < 1:
+        raise GPEngineError(f"--steps and --batch-size must be >= 1, got {opts.steps}, {opts.batch_size}")
+    if opts.loss not in ("mse", "l1"):
+        raise GPEngineError(f"--loss {opts.loss!r} is unknown; use mse or l1")
+    out = Path(opts.out)
+    device = pick_device(opts.device)
+    precision = pick_precision(opts.precision, device)
+
+    resumed = None
+    if opts.resume and out.is_file():
+        resumed = load_checkpoint(out, map_location=device)
+    elif opts.resume:
+        print(f"gp-engine train: {out} does not exist yet; starting a new run", file=sys.stderr)
+    elif out.exists() and not opts.force:
+        raise GPEngineError(f"{out} exists; use --resume to continue it or --force to overwrite it")
+
+    if resumed is not None:
+        config, schedule_d, encoding = resumed["config"], resumed["schedule"], resumed["encoding"]
+        schedule = Schedule.from_dict(schedule_d)
+    else:
+        config = preset_config(opts.preset)
+        schedule = linear_schedule(opts.T, opts.beta_start, opts.beta_end)
+        schedule_d = schedule.to_dict()
+        encoding = {"kind": opts.encoding, "levels": None}
+        if opts.encoding == "separable":
+            from .blocks import default_levels
+            encoding["levels"] = int(opts.levels or default_levels())
+
+    train_files, val_files, src, val_src = _load_sources(opts, device, encoding, resumed)
+
+    torch.manual_seed(opts.seed)  # weight init
+    model = build_unet(config).to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optim = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    gen = torch.Generator(device=device).manual_seed(opts.seed)
+    step, samples, wall_before = 0, 0, 0.0
+    history: dict = {"train": [], "val": []}
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        ema.load_state_dict(resumed["ema"])
+        optim.load_state_dict(resumed["optimizer"])
+        if scaler is not None and resumed.get("scaler"):
+            scaler.load_state_dict(resumed["scaler"])
+        gen.set_state(resumed["rng"]["generator"].cpu())
+        step = int(resumed["step"])
+        meta = resumed["training"]
+        samples, wall_before = int(meta["samples_seen"]), float(meta["wall_time_s"])
+        history = meta.get("history") or history
+
+    ab = torch.tensor(schedule.alphas_cumprod, dtype=torch.float32, device=device)
+    sqrt_ab, sqrt_1mab = ab.sqrt(), (1.0 - ab).sqrt()
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+    def autocast():
+        if amp_dtype is None:
+            return torch.autocast(device.type, enabled=False)
+        return torch.autocast(device.type, dtype=amp_dtype)
+
+    fwd = torch.compile(model) if (opts.compile and device.type == "cuda") else model
+    validator = _Validator(val_src, opts.val_blocks, schedule.T, opts.seed, opts.batch_size) if val_src else None
+    run_opts = {k: v for k, v in asdict(opts).items() if k not in ("resume", "force", "progress")}
+
+    def metadata(last_train: float | None, last_val: float | None) -> dict:
+        return {
+            "train_files": [str(p) for p in train_files], "val_files": [str(p) for p in val_files],
+            "steps": step, "samples_seen": samples, "batch_size": opts.batch_size,
+            "wall_time_s": wall_before + (time.time() - t_start), "device": _device_name(device),
+            "precision": precision, "final_train_loss": last_train, "final_val_loss": last_val,
+            "parameters": count_parameters(model), "colour_conflicts": src.conflicts,
+            "history": history, "options": run_opts, "torch": torch.__version__,
+        }
+
+    def checkpoint(last_train, last_val) -> None:
+        save_checkpoint(out, {
+            "config": config, "schedule": schedule_d, "prediction": "eps", "encoding": encoding,
+            "ema": ema.state_dict(), "model": model.state_dict(), "optimizer": optim.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": {"generator": gen.get_state(), "device": device.type}, "step": step,
+            "training": metadata(last_train, last_val),
+        })
+        plot_loss_curve(history, loss_curve_path(out), f"{config.get('preset')} {encoding['kind']} "
+                                                         f"{step} steps, {samples} blocks")
+
+    last_train = history["train"][-1][1] if history["train"] else None
+    last_val = history["val"][-1][1] if history["val"] else None
+    from tqdm import tqdm
+
+    bar = tqdm(total=opts.steps, initial=min(step, opts.steps), desc="train", unit="step",
+               disable=not opts.progress, file=sys.stderr, dynamic_ncols=True)
+    window, t_window, n_window = 0.0, time.time(), 0
+    stopped_by_time = False
+    model.train()
+    while step < opts.steps:
+        x0 = src.sample(opts.batch_size, gen, opts.random_fraction)
+        t = torch.randint(0, schedule.T, (opts.batch_size,), device=device, generator=gen)
+        noise = torch.randn(x0.shape, device=device, generator=gen)
+        with autocast():
+            loss = diffusion_loss(fwd, x0, t, noise, sqrt_ab, sqrt_1mab, opts.loss)
+        optim.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optim)
+        else:
+            loss.backward()
+        if opts.grad_clip and opts.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
+        if scaler is not None:
+            scaler.step(optim)
+            scaler.update()
+        else:
+            optim.step()
+        ema_update(ema, model, ema_decay_at(step, opts.ema_decay))
+        step += 1
+        samples += opts.batch_size
+        window += float(loss)
+        n_window += 1
+        if not math.isfinite(float(loss)):
+            raise GPEngineError(f"training loss became {float(loss)} at step {step}; lower --lr or use fp32")
+        if step % opts.log_every == 0 or step == opts.steps:
+            last_train = window / n_window
+            history["train"].append([step, last_train])
+            rate = n_window * opts.batch_size / max(time.time() - t_window, 1e-9)
+            bar.set_postfix(loss=f"{last_train:.4f}", val=f"{last_val:.4f}" if last_val else "-",
+                            blocks_s=f"{rate:.1f}")
+            window, t_window, n_window = 0.0, time.time(), 0
+        bar.update(1)
+        if validator is not None and (step % opts.val_every == 0 or step == opts.steps):
+            last_val = validator(ema, sqrt_ab, sqrt_1mab, opts.loss, autocast)
+            history["val"].append([step, last_val])
+        if opts.time_limit_min is not None and time.time() - t_start > 60.0 * opts.time_limit_min:
+            stopped_by_time = True
+            break
+        if step % opts.checkpoint_every == 0:
+            checkpoint(last_train, last_val)
+    bar.close()
+    if stopped_by_time and validator is not None and (not history["val"] or history["val"][-1][0] != step):
+        last_val = validator(ema, sqrt_ab, sqrt_1mab, opts.loss, autocast)
+        history["val"].append([step, last_val])
+    checkpoint(last_train, last_val)
+    meta = metadata(last_train, last_val)
+    meta["stopped_by_time_limit"] = stopped_by_time
+    return meta
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return f"cpu: {line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+    except OSError:
+        pass
+    return "cpu"
+
+
+__all__ = ["TrainOptions", "train", "diffusion_loss", "ema_update", "ema_decay_at", "plot_loss_curve",
+           "loss_curve_path", "pick_device", "pick_precision"]

@@ -1,0 +1,222 @@
+"""Canvas checkpoints, resume, overwrite refusal, NaN detection, and `gp-engine generate` end to end."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from gp_engine import repaint
+from gp_engine.canvas import Canvas, check_disk_space
+from gp_engine.diffusion import linear_schedule
+from gp_engine.errors import GPEngineError
+from gp_engine.generate import Interrupted, sample_canvas
+
+SHAPE = (96, 32, 40)
+
+
+def fake_blocks():
+    """Two independent stage-1 blocks and one overlapping both (8-voxel overlaps)."""
+    B = SimpleNamespace
+    return [B(index=0, corner=(0, 0, 0), stage=1, deps=()),
+            B(index=1, corner=(64, 0, 8), stage=1, deps=()),
+            B(index=2, corner=(24, 0, 4), stage=2, deps=(0, 1)),
+            B(index=3, corner=(48, 0, 8), stage=3, deps=(1, 2))]
+
+
+BATCHES = {1: [[0], [1], [2], [3]], 2: [[0, 1], [2], [3]], 4: [[0, 1], [2], [3]]}
+
+
+class LinearFake:
+    """ε = 0.1·x + 0.001·t: deterministic and batch-independent."""
+
+    name = "fake"
+
+    def __init__(self, batch_size, nan_block=None):
+        self.batch_size, self.nan_block = batch_size, nan_block
+        self.calls = 0
+
+    def predict_eps(self, x, t):
+        self.calls += 1
+        out = 0.1 * x + 0.001 * t.reshape(-1, 1, 1, 1, 1)
+        if self.nan_block is not None:
+            out[0, 0, 1, 2, 3] = np.inf
+        return out.astype(np.float32)
+
+
+def setup():
+    return repaint.make_setup(linear_schedule(250), SimpleNamespace(steps=5, resample=1, jump=1, tail=1))
+
+
+META = {"plan_hash": "abc", "seed": 3, "model": "m1", "shape": list(SHAPE)}
+
+
+def run_all(canvas, bs, **kw):
+    return sample_canvas(LinearFake(bs), fake_blocks(), BATCHES[bs], canvas, setup(), seed=3,
+                         progress=False, **kw)
+
+
+def test_stitching_known_mask_and_mid_range():
+    c = Canvas.in_memory(SHAPE)
+    run_all(c, 2)
+    assert c.known[:, :, :].sum() == np.count_nonzero(c.known)
+    # union of the four blocks clipped to the canvas is known, the rest is not
+    expect = np.zeros(SHAPE, bool)
+    for b in fake_blocks():
+        x, y, z = b.corner
+        expect[x:x + 32, y:y + 32, z:z + 32] = True
+    np.testing.assert_array_equal(c.known.astype(bool), expect)
+    first = c.values[0:24, :, 0:32]   # block 0's voxels not overwritten by later blocks
+    blk0 = np.asarray(c.values[0:32, 0:32, 0:32])
+    assert np.isfinite(first).all()
+    # stage-1 blocks were shifted by their mid-range before later blocks read them
+    block1 = c.values[64:96, 0:32, 8:40]
+    assert block1.shape == (32, 32, 32) and np.isfinite(blk0).all()
+    # later blocks keep the already-known voxels exactly (block 3 overlaps block 1 at x 64..80)
+    c2 = Canvas.in_memory(SHAPE)
+    sample_canvas(LinearFake(1), fake_blocks()[:2], [[0], [1]], c2, setup(), seed=3, progress=False)
+    b1_alone = np.asarray(c2.values[64:96, 0:32, 8:40])
+    assert 0.5 * (b1_alone.min() + b1_alone.max()) == pytest.approx(0.0, abs=1e-6)
+    np.testing.assert_array_equal(np.asarray(c.values[80:96, 0:32, 8:40]), b1_alone[16:])
+
+
+def test_batch_grouping_does_not_change_voxels():
+    ref = Canvas.in_memory(SHAPE)
+    run_all(ref, 1)
+    other = Canvas.in_memory(SHAPE)
+    run_all(other, 2)
+    np.testing.assert_array_equal(ref.values, other.values)
+    padded = Canvas.in_memory(SHAPE)
+    run_all(padded, 4)          # partial batches padded to 4
+    np.testing.assert_array_equal(ref.values, padded.values)
+
+
+def test_resume_after_interrupt_gives_same_voxels(tmp_path):
+    ref = Canvas.in_memory(SHAPE)
+    run_all(ref, 1)
+    c = Canvas.create(tmp_path / "run", SHAPE, META)
+    with pytest.raises(Interrupted):
+        run_all(c, 1, stop_after=2)
+    state = json.loads((tmp_path / "run/canvas/state.json").read_text())
+    assert state["completed"] == [0, 1]
+    del c
+    c = Canvas.resume(tmp_path / "run", META)
+    eng = LinearFake(1)
+    sample_canvas(eng, fake_blocks(), BATCHES[1], c, setup(), seed=3, progress=False)
+    assert eng.calls == 2 * setup().evaluations          # only the two missing batches ran
+    np.testing.assert_array_equal(np.asarray(c.values), ref.values)
+    np.testing.assert_array_equal(np.load(tmp_path / "run/canvas/values.npy"), ref.values)
+
+
+def test_journal_is_replayed_on_resume(tmp_path):
+    """A kill between writing the journal and the state file: resume applies the journal."""
+    c = Canvas.create(tmp_path / "run", SHAPE, META)
+    res = np.full((1, 32, 32, 32), 0.25, np.float32)
+    np.savez(tmp_path / "run/canvas/pending.npz", batch=np.int64(0),
+             corners=np.array([[0, 0, 0]]), results=res)
+    del c
+    c = Canvas.resume(tmp_path / "run", META)
+    assert c.completed == {0}
+    assert np.all(np.asarray(c.values[:32, :, :32]) == 0.25) and c.known[:32, :, :32].all()
+    assert not (tmp_path / "run/canvas/pending.npz").exists()
+
+
+def test_refuses_overwrite_and_mismatched_resume(tmp_path):
+    Canvas.create(tmp_path / "run", SHAPE, META)
+    with pytest.raises(GPEngineError, match="--force"):
+        Canvas.create(tmp_path / "run", SHAPE, META)
+    Canvas.create(tmp_path / "run", SHAPE, META, force=True)
+    with pytest.raises(GPEngineError, match="seed: run has 3, now 4"):
+        Canvas.resume(tmp_path / "run", META | {"seed": 4})
+    with pytest.raises(GPEngineError, match="nothing to resume"):
+        Canvas.resume(tmp_path / "other", META)
+
+
+def test_disk_space_check(tmp_path):
+    with pytest.raises(GPEngineError, match="disk space"):
+        check_disk_space(tmp_path, 10**15)
+    check_disk_space(tmp_path, 1000)
+
+
+def test_nan_in_network_output_names_block():
+    c = Canvas.in_memory(SHAPE)
+    with pytest.raises(GPEngineError, match=r"block\(s\) \[0\]"):
+        sample_canvas(LinearFake(1, nan_block=True), fake_blocks(), BATCHES[1], c, setup(),
+                      seed=3, progress=False)
+
+
+# ------------------------------------------------------------------ end to end (CLI)
+
+
+def _e2e_ready():
+    try:
+        import gp_engine.planner  # noqa: F401
+        import gp_engine.plan_config  # noqa: F401
+        import gp_engine.segment  # noqa: F401
+        import gp_engine.stats  # noqa: F401
+        import gp_engine.volume_io  # noqa: F401
+        import onnx  # noqa: F401
+    except ImportError as exc:
+        return str(exc)
+    return ""
+
+
+needs_e2e = pytest.mark.skipif(bool(_e2e_ready()), reason=f"missing module: {_e2e_ready()}")
+
+
+def write_plan(tmp_path: Path) -> Path:
+    from test_runtime import make_model_dir
+
+    model = make_model_dir(tmp_path / "model")
+    plan = {"version": 1, "geometry": {"shape": [40, 40, 40]}, "model": str(model),
+            "sampler": {"preset": "fast", "steps": 4, "resample": 1, "jump": 1, "no_resample_tail": 1},
+            "batch_size": 4, "backend": "onnxruntime", "seed": 11,
+            "segmentation": {"method": "dbscan", "eps": 1.9, "min_samples": 5, "value_scale": 32.0},
+            "outputs": {"dir": str(tmp_path / "out"), "formats": ["npy", "vti", "spparks", "png"]}}
+    p = tmp_path / "plan.json"
+    p.write_text(json.dumps(plan))
+    return p
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "gp_engine.cli", "generate", *args, "--quiet"],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+@needs_e2e
+def test_generate_cli_end_to_end_with_kill_and_resume(tmp_path):
+    plan = write_plan(tmp_path)
+    out = tmp_path / "out"
+    r = cli(str(plan), "--out", str(tmp_path / "ref"))
+    assert r.returncode == 0, r.stderr
+    assert "slices.png" in r.stdout
+    for name in ("grains.npy", "field.npy", "grains.vti", "grains.dump", "slices.png", "stats.json"):
+        assert (tmp_path / "ref" / name).is_file(), name
+    ref_field = np.load(tmp_path / "ref/field.npy")
+    ids = np.load(tmp_path / "ref/grains.npy")
+    assert ref_field.shape == ids.shape == (40, 40, 40) and np.isfinite(ref_field).all()
+    assert ids.min() >= 1
+    stats = json.loads((tmp_path / "ref/stats.json").read_text())
+    assert stats["summary"]["grains"] == len(np.unique(ids)) or stats["summary"]["grains"] >= 1
+    # refuses to overwrite
+    r = cli(str(plan), "--out", str(tmp_path / "ref"))
+    assert r.returncode == 2 and "--force" in r.stderr
+    # killed (SIGKILL) after the first batch, then resumed: identical voxels
+    env = dict(os.environ, GP_ENGINE_KILL_AFTER_BATCHES="1")
+    r = cli(str(plan), env=env)
+    assert r.returncode != 0 and not (out / "field.npy").exists()
+    state = json.loads((out / "canvas/state.json").read_text())
+    assert state["completed"] == [0]
+    r = cli(str(plan), "--resume")
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(np.load(out / "field.npy"), ref_field)
+    np.testing.assert_array_equal(np.load(out / "grains.npy"), ids)
+    # resume with another seed is refused with a clear message
+    changed = json.loads(plan.read_text()) | {"seed": 12}
+    plan.write_text(json.dumps(changed))
+    r = cli(str(plan), "--resume")
+    assert r.returncode == 2 and "seed" in r.stderr
