@@ -183,6 +183,7 @@ def main() -> int:
         k = DEFAULT_LEVELS if DEFAULT_LEVELS in args.levels else args.levels[0]
         configs += [
             ("separable", scope, k, {"method": "levels", "levels": k}),
+            ("separable", scope, k, {"method": "levels", "levels": k, "min_size": 10}),
             ("separable", scope, k, dict(dbscan_paper)),
             ("separable", scope, k, {**dbscan_paper, "min_samples": 5}),
             ("separable", scope, k, {**dbscan_paper, "value_scale": 12.0}),
@@ -203,7 +204,7 @@ def main() -> int:
             row = {"encoding": enc, "scope": f"{BLOCK}^3 blocks" if scope == "block" else "whole 100^3",
                    "levels": k, "sigma": sigma, "segment": kw, **res}
             rows.append(row)
-            m = kw["method"] + ("" if kw["method"] == "levels" else f"(s={kw['value_scale']:g},ms={kw['min_samples']})")
+            m = kw["method"] + (f"(min_size={kw.get('min_size', 5)})" if kw["method"] == "levels" else f"(s={kw['value_scale']:g},ms={kw['min_samples']})")
             print(f"{enc:9s} {row['scope']:12s} K={str(k):4s} σ={sigma:.2f} {m:22s} grains {res['segmented_grains']:6d}"
                   f"/{res['true_grains']:6d}  recovered {res['recovered_fraction']:.3f}  ARI {res['ari']:.3f}  "
                   f"KL vol {res['kl_volume']:.4f} asp {res['kl_aspect']:.4f} cen {res['kl_centroid']:.4f}", flush=True)
@@ -241,7 +242,7 @@ def write_markdown(result: dict, path: Path) -> None:
     ]
     for r in result["results"]:
         kw = r["segment"]
-        m = "levels" if kw["method"] == "levels" else f"dbscan s={kw['value_scale']:g} ms={kw['min_samples']}"
+        m = f"levels min_size={kw.get('min_size', 5)}" if kw["method"] == "levels" else f"dbscan s={kw['value_scale']:g} ms={kw['min_samples']}"
         lines.append(
             f"| {r['encoding']} | {r['scope']} | {r['levels'] or '–'} | {r['sigma']} | {m} | "
             f"{r['segmented_grains']}/{r['true_grains']} | {r['recovered_fraction']:.3f} | {r['ari']:.3f} | "

@@ -188,7 +188,7 @@ int32_t grid_dbscan(const T* v, const Shape3& s, double eps, int min_samples, do
         int32_t lab = 0;
         for (int k = 12; k >= 0 && !lab; --k) {
             const int64_t q = p - off[k];
-            if (q >= 0 && ((edges[q] >> k) & 1u) && core[q]) lab = labels[q];
+            if (q >= 0 && q < n && ((edges[q] >> k) & 1u) && core[q]) lab = labels[q];
         }
         for (unsigned m = edges[p]; m && !lab; m &= m - 1) {
             const int64_t q = p + off[__builtin_ctz(m)];

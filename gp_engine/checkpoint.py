@@ -33,6 +33,13 @@ FORMAT = "gp-engine-checkpoint"
 FORMAT_VERSION = 1
 
 
+
+def _public_mode(path: str) -> None:
+    """mkstemp makes 0600 files; give the output the mode a plain open() would (0666 & ~umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
 def save_checkpoint(path: str | os.PathLike, ckpt: dict) -> Path:
     """Atomically write ``ckpt`` (tmp file in the same folder, then os.replace)."""
     path = Path(path)
@@ -42,6 +49,7 @@ def save_checkpoint(path: str | os.PathLike, ckpt: dict) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(ckpt, f)
+        _public_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

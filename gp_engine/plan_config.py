@@ -79,6 +79,11 @@ class SamplerConfig:
         """The JSON name of ``tail``."""
         return self.tail
 
+    @property
+    def r(self) -> int:
+        """The paper's name of ``resample``."""
+        return self.resample
+
 
 @dataclass(frozen=True)
 class SegmentationConfig:
@@ -224,13 +229,13 @@ def _geometry(where: str, value: Any) -> GeometryConfig:
     if "stl" in obj:
         raise GPEngineError(
             f"{where}: geometry.stl is not supported yet (CAD parts come in a later version). "
-            f"Generate a box instead, e.g. {example}, and mask it yourself."
+            f"For now generate the part's bounding box instead, e.g. {example}."
         )
     _check_keys(where, "geometry", obj, ("shape", "stl"))
     if "shape" not in obj:
         raise GPEngineError(f"{where}: geometry.shape is missing. Example fix: {example}")
     shape = obj["shape"]
-    if not isinstance(shape, list) or len(shape) != 3:
+    if not isinstance(shape, (list, tuple)) or len(shape) != 3:
         raise _bad(where, "geometry.shape", shape, "must be a list of 3 integers [nx, ny, nz]",
                    example)
     dims = tuple(_as_int(where, f"geometry.shape[{i}]", v, 1, None, example, " (voxels)")
@@ -297,7 +302,7 @@ def _outputs(where: str, value: Any, base: Path) -> OutputsConfig:
     d = DEFAULTS["outputs"]
     out_dir = _as_path(where, "outputs.dir", obj.get("dir", d["dir"]), base, '"outputs": {"dir": "out"}')
     formats = obj.get("formats", d["formats"])
-    if not isinstance(formats, list) or not formats:
+    if not isinstance(formats, (list, tuple)) or not formats:
         raise _bad(where, "outputs.formats", formats,
                    f"must be a non-empty list drawn from {', '.join(_show(f) for f in OUTPUT_FORMATS)}",
                    example)
@@ -313,7 +318,7 @@ def _reference(where: str, value: Any, base: Path) -> tuple[Path, ...] | None:
     example = '"reference": ["potts_iso_100_seed1019.npz"]'
     if value is None:
         return None
-    if not isinstance(value, list) or not value:
+    if not isinstance(value, (list, tuple)) or not value:
         raise _bad(where, "reference", value, "must be null or a non-empty list of volume paths",
                    example)
     return tuple(_as_path(where, f"reference[{i}]", v, base, example) for i, v in enumerate(value))

@@ -211,22 +211,21 @@ def sample_batch(engine: EpsModel, x0: np.ndarray, mask: np.ndarray, block_ids: 
                  on_step: Callable[[int], None] | None = None) -> np.ndarray:
     """Run the RePaint walk for a batch of blocks on the CPU; returns x [B, 1, s, s, s] float32.
 
-    ``x0``: known values (anything where ``mask`` is 0), ``mask``: 1 where known. Rows are padded
-    to ``engine.batch_size`` (padding rows use block id -1 and are dropped). ``on_step(k)`` is
+    ``x0``: known values (anything where ``mask`` is 0), ``mask``: 1 where known. At most
+    ``engine.batch_size`` rows; the engine pads partial batches if it needs a fixed shape. Each
+    row's noise depends only on its block id, so grouping never changes a block. ``on_step(k)`` is
     called after each network evaluation (progress). Raises GPEngineError on NaN/inf output,
     naming the blocks.
     """
-    b = x0.shape[0]
+    b = B = x0.shape[0]
+    if b > int(engine.batch_size):
+        raise GPEngineError(f"batch of {b} blocks exceeds the engine batch size {engine.batch_size}")
     shape = x0.shape
     ids = np.asarray(block_ids, np.int64)
-    B = max(int(engine.batch_size), b)
     n = int(np.prod(shape[1:]))
-    x0f = np.zeros((B, n), np.float32)
-    mf = np.zeros((B, n), np.uint8)
-    x0f[:b] = x0.reshape(b, n)
-    mf[:b] = mask.reshape(b, n)
-    idf = np.full(B, -1, np.int64)
-    idf[:b] = ids
+    x0f = np.ascontiguousarray(x0, np.float32).reshape(b, n)
+    mf = np.ascontiguousarray(mask, np.uint8).reshape(b, n)
+    idf = ids
     c = setup.respaced.coefficients()
     x = initial_noise(idf, seed, n)
     t_in = np.empty(B, np.float32)
@@ -244,8 +243,7 @@ def sample_batch(engine: EpsModel, x0: np.ndarray, mask: np.ndarray, block_ids: 
                 on_step(k)
         else:  # forward re-noise i -> i+1
             mixing.renoise(x, c["sqrt_a"][j], c["sqrt_1ma"][j], idf, seed, k, STREAM_STEP)
-    x = x[:b]
-    paste_known(x, x0f[:b], mf[:b])
+    paste_known(x, x0f, mf)
     return x.reshape(shape)
 
 

@@ -40,7 +40,7 @@ class TrainOptions:
     device: str = "auto"
     precision: str = "auto"            # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
     lr: float = 2e-4
-    weight_decay: float = 0.0
+    weight_decay: float = 0.01
     loss: str = "mse"                  # mse | l1
     ema_decay: float = 0.999
     grad_clip: float = 1.0
@@ -258,7 +258,7 @@ def train(opts: TrainOptions) -> dict:
             "wall_time_s": wall_before + (time.time() - t_start), "device": _device_name(device),
             "precision": precision, "final_train_loss": last_train, "final_val_loss": last_val,
             "parameters": count_parameters(model), "colour_conflicts": src.conflicts,
-            "history": history, "options": run_opts, "torch": torch.__version__,
+            "history": history, "options": run_opts, "torch": str(torch.__version__),
         }
 
     def checkpoint(last_train, last_val) -> None:
@@ -278,7 +278,7 @@ def train(opts: TrainOptions) -> dict:
 
     bar = tqdm(total=opts.steps, initial=min(step, opts.steps), desc="train", unit="step",
                disable=not opts.progress, file=sys.stderr, dynamic_ncols=True)
-    window, t_window, n_window = 0.0, time.time(), 0
+    window, t_window, n_window = torch.zeros((), device=device), time.time(), 0
     stopped_by_time = False
     model.train()
     while step < opts.steps:
@@ -303,17 +303,17 @@ def train(opts: TrainOptions) -> dict:
         ema_update(ema, model, ema_decay_at(step, opts.ema_decay))
         step += 1
         samples += opts.batch_size
-        window += float(loss)
+        window += loss.detach().float()   # summed on the device: no sync per step
         n_window += 1
-        if not math.isfinite(float(loss)):
-            raise GPEngineError(f"training loss became {float(loss)} at step {step}; lower --lr or use fp32")
         if step % opts.log_every == 0 or step == opts.steps:
-            last_train = window / n_window
+            last_train = float(window) / n_window
+            if not math.isfinite(last_train):
+                raise GPEngineError(f"training loss became {last_train} near step {step}; lower --lr or use fp32")
             history["train"].append([step, last_train])
             rate = n_window * opts.batch_size / max(time.time() - t_window, 1e-9)
             bar.set_postfix(loss=f"{last_train:.4f}", val=f"{last_val:.4f}" if last_val else "-",
                             blocks_s=f"{rate:.1f}")
-            window, t_window, n_window = 0.0, time.time(), 0
+            window, t_window, n_window = torch.zeros((), device=device), time.time(), 0
         bar.update(1)
         if validator is not None and (step % opts.val_every == 0 or step == opts.steps):
             last_val = validator(ema, sqrt_ab, sqrt_1mab, opts.loss, autocast)

@@ -64,13 +64,14 @@ class TimeEmbedding(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        half = dim // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
-        self.register_buffer("freqs", freqs, persistent=False)
+        self.half = dim // 2
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        args = t.float()[:, None] * self.freqs.float()[None, :]
+        # frequencies made here in float32 (not a buffer) so a .half() model keeps exact phases
+        k = torch.arange(self.half, dtype=torch.float32, device=t.device)
+        freqs = torch.exp(k * (-math.log(10000.0) / self.half))
+        args = t.float()[:, None] * freqs[None, :]
         emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
         return self.mlp(emb.to(self.mlp[0].weight.dtype))
 

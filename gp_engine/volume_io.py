@@ -333,11 +333,19 @@ def read_vti(path: str | os.PathLike) -> np.ndarray:
                 text = "".join((app.text or "").split()).lstrip("_")
                 data = _decode_vtk_binary(text[offset:], dtype, count, header_dtype, compressed, where)
             else:
-                if compressed:
-                    raise GPEngineError(f"{where}: compressed raw appended data is not supported")
                 hs = header_dtype.itemsize
-                nbytes = int(np.frombuffer(appended_raw[offset : offset + hs], header_dtype)[0])
-                data = np.frombuffer(appended_raw[offset + hs : offset + hs + nbytes], dtype=dtype)
+                if compressed:
+                    nblocks = int(np.frombuffer(appended_raw[offset : offset + hs], header_dtype)[0])
+                    head = np.frombuffer(appended_raw[offset : offset + (3 + nblocks) * hs], header_dtype)
+                    pos = offset + (3 + nblocks) * hs
+                    parts = []
+                    for size in head[3:].astype(np.int64):
+                        parts.append(zlib.decompress(appended_raw[pos : pos + size]))
+                        pos += size
+                    data = np.frombuffer(b"".join(parts), dtype=dtype)
+                else:
+                    nbytes = int(np.frombuffer(appended_raw[offset : offset + hs], header_dtype)[0])
+                    data = np.frombuffer(appended_raw[offset + hs : offset + hs + nbytes], dtype=dtype)
                 if data.size != count:
                     raise GPEngineError(f"{where}: expected {count} values, found {data.size} (corrupt file)")
         else:
@@ -356,6 +364,12 @@ def write_npy(path: str | os.PathLike, arr: np.ndarray) -> Path:
     """Write ``arr`` ([x, y, z]) as ``.npy``, atomically."""
     arr = _check_volume(arr)
     return _atomic_write(path, lambda fh: np.save(fh, np.ascontiguousarray(arr), allow_pickle=False))
+
+
+def write_npz(path: str | os.PathLike, arr: np.ndarray, name: str = "spins") -> Path:
+    """Write ``arr`` ([x, y, z]) as a compressed ``.npz`` holding one array under ``name``, atomically."""
+    arr = _check_volume(arr)
+    return _atomic_write(path, lambda fh: np.savez_compressed(fh, **{name: np.ascontiguousarray(arr)}))
 
 
 def write_vti(path: str | os.PathLike, arr: np.ndarray, name: str = "grain_id", *, cell_data: bool = True,
@@ -446,21 +460,24 @@ def write_spparks_dump(path: str | os.PathLike, arr: np.ndarray, timestep: int =
 
 
 def write_volume(path: str | os.PathLike, arr: np.ndarray, name: str = "grain_id") -> Path:
-    """Write by suffix: ``.npy``, ``.vti``, ``.dump``/``.spparks``/``.txt`` (SPPARKS dump)."""
+    """Write by suffix: ``.npy``, ``.npz`` (one array under ``name``), ``.vti`` (array ``name``),
+    ``.dump``/``.spparks``/``.txt`` (SPPARKS dump)."""
     suffix = Path(path).suffix.lower()
     if suffix == ".npy":
         return write_npy(path, arr)
+    if suffix == ".npz":
+        return write_npz(path, arr, name=name)
     if suffix == ".vti":
         return write_vti(path, arr, name=name)
     if suffix in DUMP_SUFFIXES:
         return write_spparks_dump(path, arr)
     raise GPEngineError(
-        f"unknown output format '{suffix or Path(path).name}' for '{path}': use .npy, .vti, or "
+        f"unknown output format '{suffix or Path(path).name}' for '{path}': use .npy, .npz, .vti, or "
         ".dump/.spparks/.txt (SPPARKS dump)"
     )
 
 
 __all__ = [
     "read_volume", "read_npy", "read_npz", "read_vti", "read_spparks_dump",
-    "write_volume", "write_npy", "write_vti", "write_spparks_dump",
+    "write_volume", "write_npy", "write_npz", "write_vti", "write_spparks_dump",
 ]

@@ -204,6 +204,9 @@ def test_make_batches_greedy_walk_on_a_hand_made_plan():
               Block(3, (40, 0, 0), 2, (1, 2)), Block(4, (200, 0, 0), 1, ())]
     assert make_batches(blocks, 8) == [[0, 2, 4], [1], [3]]
     assert make_batches(blocks, 2) == [[0, 2], [1, 4], [3]]
+    # a hand-made list whose overlapping blocks carry no dependency still never shares a batch
+    loose = [Block(0, (0, 0, 0), 1, ()), Block(1, (16, 0, 0), 1, ()), Block(2, (32, 0, 0), 1, ())]
+    assert make_batches(loose, 8) == [[0, 2], [1]]
     with pytest.raises(GPEngineError):
         make_batches(blocks, 0)
     with pytest.raises(GPEngineError):
@@ -227,3 +230,18 @@ def test_make_plan_dispatch():
     assert make_plan("grid", (40, 40, 40)) == grid_plan((40, 40, 40))
     with pytest.raises(GPEngineError):
         make_plan("spiral", (40, 40, 40))
+
+
+def test_owner_slice_matches_first_covering_block():
+    from gp_engine.plan_render import owner_slice
+
+    shape = (70, 50, 90)
+    blocks = grid_plan(shape)
+    canvas = canvas_shape(shape)
+    owner = np.zeros(canvas, np.int32)
+    for b in blocks:
+        x, y, z = b.corner
+        view = owner[x:x + BLOCK, y:y + BLOCK, z:z + BLOCK]
+        view[view == 0] = b.stage
+    np.testing.assert_array_equal(owner_slice(blocks, canvas, 2, 45), owner[:, :, 45])
+    np.testing.assert_array_equal(owner_slice(blocks, canvas, 0, 3), owner[3, :, :])

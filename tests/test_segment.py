@@ -84,6 +84,22 @@ def test_dbscan_matches_sklearn_spparks(min_samples, scale):
     check_against_sklearn(spparks_field((20, 20, 20)), 1.9, min_samples, scale)
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 12, 13), (12, 1, 13), (13, 12, 1), (1, 1, 30)])
+def test_thin_volumes(shape):
+    """Slabs, rods and single voxels: stencil offsets alias there, so check against sklearn."""
+    f = spparks_field((13, 13, 30), sigma=0.05)[tuple(slice(0, n) for n in shape)].copy()
+    labels, core = dbscan_grid(f, 1.9, 4, 32.0)
+    _, sk, sk_core = sklearn_dbscan(f, 1.9, 4, 32.0)
+    np.testing.assert_array_equal(core.ravel(), sk_core)
+    np.testing.assert_array_equal(labels.ravel() == 0, sk == -1)
+    assert_same_partition(labels.ravel()[sk_core], sk[sk_core])
+    for method in ("dbscan", "levels"):
+        ref = segment(f, method=method, min_samples=4)
+        assert ref.min() == 1
+        for tile in (1, 3):
+            np.testing.assert_array_equal(segment(f, method=method, min_samples=4, tile=tile), ref)
+
+
 def test_dbscan_accepts_float64_and_non_contiguous():
     f = spparks_field((14, 16, 18))
     ref, ref_core = dbscan_grid(f, 1.9, 15, 32.0)

@@ -46,7 +46,8 @@ def register(sub):
                    help="S in the points (x, y, z, S*value) (default: %(default)s)")
     p.add_argument("--levels", type=_levels_arg, default=None,
                    help="levels method: K evenly spaced levels in [-1, 1] or a comma list "
-                        "(default: the encoding's default K)")
+                        "(default: the encoding's default K); write --levels=-1,0,1 when the list "
+                        "starts with a minus sign")
     p.add_argument("--min-size", type=int, default=DEFAULT_MIN_SIZE,
                    help="levels method: fragments smaller than this are refilled from their "
                         "neighbours (default: %(default)s)")

@@ -27,13 +27,15 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--split", action=argparse.BooleanOptionalAction, default=True,
                    help="split labels into 26-connected grains first (default: on; --no-split if the "
                         "volumes already hold one id per grain)")
+    p.add_argument("--zero-is-grain", action="store_true",
+                   help="count label 0 as a grain label (default: 0 marks voxels outside the part)")
     p.add_argument("--log-volume", action="store_true",
                    help="compare log10 grain volumes instead of raw voxel counts (paper: raw)")
     return p
 
 
 def _table(summary: dict) -> str:
-    rows = [("", "volumes", "reference")]
+    rows = [("", "input", "reference")]
     ref = summary.get("reference", {})
     for k in ("volumes", "grains", "mean_volume", "median_volume", "mean_b_a", "mean_c_a", "mean_nn_dist"):
         fmt = (lambda v: f"{v:d}") if k in ("volumes", "grains") else (lambda v: f"{v:.3f}")
@@ -51,7 +53,8 @@ def run(args) -> int:
 
     vols = [read_volume(p) for p in args.volumes]
     refs = [read_volume(p) for p in args.reference] if args.reference else None
-    summary, gen, ref = summarize(vols, refs, split=args.split, log_volume=args.log_volume, return_stats=True)
+    summary, gen, ref = summarize(vols, refs, split=args.split, log_volume=args.log_volume, return_stats=True,
+                                     zero_is_outside=not args.zero_is_grain)
     summary["inputs"] = [str(p) for p in args.volumes]
     if args.reference:
         summary["reference"]["inputs"] = [str(p) for p in args.reference]

@@ -46,6 +46,13 @@ _REQUIRED = ("format", "format_version", "block_size", "schedule", "prediction",
              "batch_sizes", "precision")
 
 
+
+def _public_mode(path: str) -> None:
+    """mkstemp makes 0600 files; give the output the mode a plain open() would (0666 & ~umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
 def resolve_model(path: str | os.PathLike | None = None) -> Path:
     """Built model directory for ``path``: None -> the shipped default; a manifest.json -> its folder.
 
@@ -141,6 +148,7 @@ def write_manifest(model_dir: str | os.PathLike, manifest: dict) -> Path:
         with os.fdopen(fd, "w") as f:
             json.dump(manifest, f, indent=2, sort_keys=False)
             f.write("\n")
+        _public_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -50,12 +50,16 @@ class OnnxEngine:
             raise GPEngineError(f"{path} has a fixed batch of {dim0}, not {self.batch_size}; "
                                 f"use --batch-size {dim0} or export with a dynamic batch")
         self.name = "onnxruntime-" + self.session.get_providers()[0].replace("ExecutionProvider", "").lower()
+        # Pad partial batches to the fixed size where shapes must be static (fixed-batch export,
+        # GPU provider); on CPU a dynamic-batch model just runs the real rows (padding would
+        # multiply the cost of the many 1-block batches of small boxes).
+        self.pad = not isinstance(dim0, str) and dim0 is not None or self.name != "onnxruntime-cpu"
 
     def predict_eps(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
         b = x.shape[0]
         if b > self.batch_size:
             raise GPEngineError(f"batch of {b} blocks exceeds the engine batch size {self.batch_size}")
-        if b < self.batch_size:  # big fixed batches: pad with zeros
+        if b < self.batch_size and self.pad:  # big fixed batches: pad with zeros
             pad = self.batch_size - b
             x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], np.float32)])
             t = np.concatenate([t, np.full(pad, t[0] if b else 0, np.float32)])

@@ -44,7 +44,7 @@ def hash32(x: torch.Tensor) -> torch.Tensor:
 def row_keys(seed_key: torch.Tensor, block_ids: torch.Tensor, counter: torch.Tensor,
              stream: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row keys [B, 1] from hash(seed) (scalar tensor), block ids [B], counter (scalar tensor)."""
-    k = hash32(seed_key ^ (block_ids & M32))
+    k = hash32(seed_key ^ (block_ids & M32))  # [B]
     k = hash32(k ^ (counter & M32))
     k = hash32(k ^ stream)
     k2 = hash32(k ^ mixing.GOLDEN)
@@ -80,9 +80,11 @@ class TorchSampler:
         self.x0 = torch.zeros(self.B, self.n, device=dev)
         self.mask = torch.zeros(self.B, self.n, dtype=torch.bool, device=dev)
         self.ids = torch.full((self.B,), -1, dtype=torch.int64, device=dev)
-        self.seed_key = torch.zeros((), dtype=torch.int64, device=dev)
-        self.i = torch.zeros((), dtype=torch.int64, device=dev)   # current respaced index
-        self.k = torch.zeros((), dtype=torch.int64, device=dev)   # transition counter
+        # shape-[1] device scalars: gathered with index_select, never read back (.item() would
+        # sync the host and break graph capture)
+        self.seed_key = torch.zeros(1, dtype=torch.int64, device=dev)
+        self.i = torch.zeros(1, dtype=torch.int64, device=dev)   # current respaced index
+        self.k = torch.zeros(1, dtype=torch.int64, device=dev)   # transition counter
         self.bad = torch.zeros(self.B, dtype=torch.bool, device=dev)
         self.use_graphs = (self.device.type == "cuda") if use_graphs is None else use_graphs
         self.graphs: dict[str, torch.cuda.CUDAGraph] = {}
@@ -95,31 +97,35 @@ class TorchSampler:
     def _eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         xin = x.view((self.B,) + self.shape)
         if self.dtype != torch.float32:
-            with torch.autocast(self.device.type, dtype=self.dtype):
+            with torch.autocast(self.device.type, dtype=self.dtype, cache_enabled=False):
                 out = self.model(xin, t)
         else:
             out = self.model(xin, t)
         return out.reshape(self.B, self.n).float()
 
+    def _at(self, name: str, index: torch.Tensor) -> torch.Tensor:
+        """Coefficient ``name`` at a device index, shape [1] (broadcasts over [B, n])."""
+        return self.tab[name].index_select(0, index)
+
     def reverse_step(self) -> None:
-        t = self.tab
         i = self.i
-        sab, s1 = t["sqrt_ab"][i], t["sqrt_1mab"][i]
+        sab, s1 = self._at("sqrt_ab", i), self._at("sqrt_1mab", i)
         mixed = sab * self.x0 + s1 * self._noise(STREAM_MIX)
         x = torch.where(self.mask, mixed, self.x)
-        eps = self._eps(x, t["t_model"][i].expand(self.B))
+        eps = self._eps(x, self._at("t_model", i).expand(self.B))
         self.bad |= ~torch.isfinite(eps).all(dim=1)
         x0p = (x - s1 * eps) / sab
         if self.setup.clip_x0:
             x0p = x0p.clamp(-1.0, 1.0)
-        y = t["c_x0"][i] * x0p + t["c_xt"][i] * x + t["sigma"][i] * self._noise(STREAM_STEP)
+        y = (self._at("c_x0", i) * x0p + self._at("c_xt", i) * x
+             + self._at("sigma", i) * self._noise(STREAM_STEP))
         self.x.copy_(y)
         self.i.sub_(1)
         self.k.add_(1)
 
     def forward_step(self) -> None:
         j = self.i + 1
-        y = self.tab["sqrt_a"][j] * self.x + self.tab["sqrt_1ma"][j] * self._noise(STREAM_STEP)
+        y = self._at("sqrt_a", j) * self.x + self._at("sqrt_1ma", j) * self._noise(STREAM_STEP)
         self.x.copy_(y)
         self.i.add_(1)
         self.k.add_(1)

@@ -1,0 +1,153 @@
+"""U-Net -> ONNX (standard ops only), fp32 or fp16 compute with float32 inputs/outputs, and its check.
+
+GroupNorm is exported at opset 18 by torch's exporter as Reshape + InstanceNormalization (+ affine
+Mul/Add): standard ops that TensorRT and onnxruntime run; there is no opset-21 GroupNormalization (on
+which TensorRT failed) and no custom domain. :func:`graph_ops` lists what a graph contains so tests
+can assert it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import GPEngineError
+
+DEFAULT_OPSET = 18
+BLOCK = 32
+
+
+class ExportWrapper(nn.Module):
+    """forward(x float32 [B,1,n,n,n], t float32 [B]) -> eps float32, computing in ``dtype`` inside."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.model = model.to(dtype).eval()
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.model(x.to(self.dtype), t).float()
+
+
+
+def _public_mode(path: str) -> None:
+    """mkstemp makes 0600 files; give the output the mode a plain open() would (0666 & ~umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, precision: str = "fp32",
+                dynamic_batch: bool = True, batch: int = 1, opset: int = DEFAULT_OPSET,
+                block: int = BLOCK, exporter: str = "legacy") -> dict:
+    """Write ``path`` (atomically) and return the manifest's ``onnx`` section (without sha256).
+
+    ``exporter``: "legacy" (TorchScript-based, fast, default) or "dynamo" (torch.export based); both give
+    the same standard op set here. fp16 exports a half copy of the model with fp32 I/O casts.
+    """
+    if precision not in ("fp32", "fp16"):
+        raise GPEngineError(f"precision {precision!r} is unknown; use fp32 or fp16")
+    if not 18 <= opset <= 20:
+        raise GPEngineError(f"ONNX opset {opset} is not supported; use 18..20 (TensorRT fails on opset-21 GroupNorm)")
+    import copy
+
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    wrapper = ExportWrapper(copy.deepcopy(model).cpu(), dtype)
+    x = torch.randn(batch, 1, block, block, block)
+    t = torch.full((batch,), 10.0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".onnx")
+    os.close(fd)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            if exporter == "legacy":
+                axes = {"x": {0: "batch"}, "t": {0: "batch"}, "eps": {0: "batch"}} if dynamic_batch else None
+                torch.onnx.export(wrapper, (x, t), tmp, input_names=["x", "t"], output_names=["eps"],
+                                  opset_version=opset, dynamic_axes=axes, dynamo=False, do_constant_folding=True)
+            elif exporter == "dynamo":
+                shapes = None
+                if dynamic_batch:
+                    b = torch.export.Dim("batch", min=1, max=4096)
+                    shapes = {"x": {0: b}, "t": {0: b}}
+                torch.onnx.export(wrapper, (x, t), tmp, input_names=["x", "t"], output_names=["eps"],
+                                  opset_version=opset, dynamic_shapes=shapes, dynamo=True, verbose=False)
+            else:
+                raise GPEngineError(f"exporter {exporter!r} is unknown; use legacy or dynamo")
+        _inline_external_data(tmp)
+        _public_mode(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        for f in (tmp, tmp + ".data"):
+            if os.path.exists(f):
+                os.unlink(f)
+        raise
+    b = "batch" if dynamic_batch else int(batch)
+    return {"file": path.name, "opset": int(opset), "dynamic_batch": bool(dynamic_batch),
+            "inputs": {"x": {"shape": [b, 1, block, block, block], "dtype": "float32"},
+                       "t": {"shape": [b], "dtype": "float32"}},
+            "output": "eps", "exporter": exporter}
+
+
+def _inline_external_data(path: str) -> None:
+    """Keep the model in one file (the dynamo exporter may write weights to path + '.data')."""
+    side = path + ".data"
+    if os.path.exists(side):
+        import onnx
+
+        m = onnx.load(path)
+        onnx.save_model(m, path, save_as_external_data=False)
+        os.unlink(side)
+
+
+def graph_ops(path: str | os.PathLike) -> dict[str, int]:
+    """Op type counts of an ONNX graph, keyed "domain::op" for non-default domains."""
+    import collections
+
+    import onnx
+
+    g = onnx.load(str(path)).graph
+    return dict(collections.Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
+                                    for n in g.node))
+
+
+def check_standard_ops(path: str | os.PathLike) -> None:
+    """GPEngineError when the graph holds a custom-domain op or a GroupNormalization node."""
+    ops = graph_ops(path)
+    bad = [op for op in ops if "::" in op or op == "GroupNormalization"]
+    if bad:
+        raise GPEngineError(f"{path} contains non-portable ops {bad}; export at opset 18-20 with the legacy exporter")
+
+
+def onnx_session(path: str | os.PathLike, threads: int = 1):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def compare_with_torch(model: nn.Module, onnx_path: str | os.PathLike, batch: int = 2, seed: int = 0,
+                       block: int = BLOCK, reference_dtype: torch.dtype = torch.float32) -> float:
+    """max |onnx - torch| / max |torch| on random inputs (torch fp32 reference, CPU)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 1, block, block, block, generator=g)
+    t = torch.randint(0, 250, (batch,), generator=g).float()
+    import copy
+
+    ref_model = copy.deepcopy(model).cpu().to(reference_dtype).eval()
+    with torch.no_grad():
+        ref = ref_model(x.to(reference_dtype), t).float().numpy()
+    out = onnx_session(onnx_path).run(["eps"], {"x": x.numpy(), "t": t.numpy()})[0]
+    return float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-12))
+
+
+__all__ = ["DEFAULT_OPSET", "ExportWrapper", "export_onnx", "graph_ops", "check_standard_ops",
+           "onnx_session", "compare_with_torch"]

@@ -1,0 +1,99 @@
+"""model.onnx -> TensorRT engines, one per batch size (``model_b{B}.plan``), when ``tensorrt`` imports.
+
+Each engine has a single optimisation profile with min = opt = max = the batch size (static shapes let
+TensorRT pick its fastest 3D-conv tactics, and the sampler runs fixed batches anyway). Without the
+``tensorrt`` module (or without a GPU) the build is skipped with a message saying why; the ONNX model
+and the other backends keep working.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from ..errors import GPEngineError
+
+BLOCK = 32
+
+
+
+def _public_mode(path: str) -> None:
+    """mkstemp makes 0600 files; give the output the mode a plain open() would (0666 & ~umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+def tensorrt_status() -> tuple[bool, str]:
+    """(available, reason): whether ``import tensorrt`` works and a CUDA device is visible."""
+    try:
+        import tensorrt as trt  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken CUDA install raising OSError
+        return False, (f"the 'tensorrt' Python module is not importable ({type(exc).__name__}: {exc}); "
+                       "install it (pip install 'gp-engine[tensorrt]') on a machine with an NVIDIA GPU")
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return False, "tensorrt is installed but no CUDA GPU is visible"
+    except ImportError:
+        pass
+    return True, f"tensorrt {trt.__version__}"
+
+
+def profile_shapes(batch_size: int, block: int = BLOCK) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """The (min, opt, max) shapes requested for each input of the engine for ``batch_size``."""
+    if batch_size < 1:
+        raise GPEngineError(f"TensorRT batch size must be >= 1, got {batch_size}")
+    x = (batch_size, 1, block, block, block)
+    t = (batch_size,)
+    return {"x": (x, x, x), "t": (t, t, t)}
+
+
+def plan_name(batch_size: int) -> str:
+    return f"model_b{batch_size}.plan"
+
+
+def build_engines(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, batch_sizes: list[int],
+                  fp16: bool = False, workspace_gib: float = 4.0, block: int = BLOCK,
+                  log=print) -> dict | None:
+    """Build one engine per batch size; return the manifest's ``tensorrt`` section, or None if skipped."""
+    ok, reason = tensorrt_status()
+    if not ok:
+        log(f"gp-engine build: TensorRT engines skipped: {reason}")
+        return None
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    out_dir = Path(out_dir)
+    plans: dict[str, str] = {}
+    for b in batch_sizes:
+        builder = trt.Builder(logger)
+        network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(onnx_path)):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise GPEngineError(f"TensorRT could not parse {onnx_path}: {errors}")
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+        if fp16:
+            config.set_flag(trt.BuilderFlag.FP16)
+        profile = builder.create_optimization_profile()
+        for name, (mn, opt, mx) in profile_shapes(b, block).items():
+            profile.set_shape(name, mn, opt, mx)
+        config.add_optimization_profile(profile)
+        log(f"gp-engine build: building TensorRT engine for batch {b} ({'fp16' if fp16 else 'fp32'})...")
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise GPEngineError(f"TensorRT failed to build an engine for batch {b}; see the log above")
+        path = out_dir / plan_name(b)
+        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(bytes(serialized))
+        _public_mode(tmp)
+        os.replace(tmp, path)
+        plans[str(b)] = path.name
+    return {"plans": plans, "precision": "fp16" if fp16 else "fp32", "version": trt.__version__}
+
+
+__all__ = ["tensorrt_status", "profile_shapes", "plan_name", "build_engines"]

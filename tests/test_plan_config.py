@@ -1,0 +1,187 @@
+"""plan.json parsing: defaults, presets, path resolution, and errors that name the field."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from gp_engine.errors import GPEngineError
+from gp_engine.plan_config import DEFAULTS, SAMPLER_PRESETS, load_plan
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+MINIMAL = {"version": 1, "geometry": {"shape": [64, 48, 40]}}
+
+
+def _with(**changes):
+    d = copy.deepcopy(MINIMAL)
+    for key, value in changes.items():
+        node = d
+        parts = key.split("__")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return d
+
+
+def test_minimal_plan_takes_documented_defaults(tmp_path):
+    plan = load_plan(MINIMAL, base_dir=tmp_path)
+    assert plan.geometry.shape == (64, 48, 40)
+    assert plan.model is None
+    paper = SAMPLER_PRESETS["paper"]
+    assert (plan.sampler.preset, plan.sampler.steps, plan.sampler.resample, plan.sampler.jump,
+            plan.sampler.tail) == ("paper", paper["steps"], paper["resample"], paper["jump"], paper["tail"])
+    assert plan.plan_kind == "grid"
+    assert plan.batch_size == DEFAULTS["batch_size"] and plan.backend == "auto" and plan.seed == 0
+    assert plan.segmentation.method == "dbscan" and plan.segmentation.eps == 1.9
+    assert plan.segmentation.min_samples == 15 and plan.segmentation.value_scale == 32.0
+    assert plan.outputs.dir == (tmp_path / "out").resolve()
+    assert plan.outputs.formats == ("npy", "vti", "png")
+    assert plan.reference is None and plan.checkpoint_every == 1
+
+
+def test_paper_preset_is_the_paper():
+    # paper/NOTES: T = 250 (all timesteps), r = 10, jump 1, no resampling in the last 25 steps
+    assert SAMPLER_PRESETS["paper"] == {"steps": 250, "resample": 10, "jump": 1, "tail": 25}
+    fast = SAMPLER_PRESETS["fast"]
+    assert fast["steps"] < 250 and fast["resample"] < 10
+
+
+def test_sampler_overrides_and_tail_scaling():
+    plan = load_plan(_with(sampler={"preset": "fast", "resample": 4, "no_resample_tail": 7}))
+    assert (plan.sampler.steps, plan.sampler.resample, plan.sampler.tail) == (50, 4, 7)
+    assert plan.sampler.no_resample_tail == 7
+    # overriding steps alone keeps the preset's tail fraction (25/250 -> 10/100)
+    plan = load_plan(_with(sampler={"preset": "paper", "steps": 100}))
+    assert (plan.sampler.steps, plan.sampler.tail, plan.sampler.resample) == (100, 10, 10)
+
+
+def test_relative_paths_resolve_against_the_plan_file(tmp_path, monkeypatch):
+    sub = tmp_path / "plans"
+    sub.mkdir()
+    f = sub / "p.json"
+    f.write_text(json.dumps(_with(model="../models/m", outputs={"dir": "res"},
+                                  reference=["ref/a.npz", str(tmp_path / "abs.npz")])))
+    monkeypatch.chdir(tmp_path.parent)
+    plan = load_plan(str(f))
+    assert plan.model == (tmp_path / "models" / "m").resolve()
+    assert plan.outputs.dir == (sub / "res").resolve()
+    assert plan.reference == ((sub / "ref" / "a.npz").resolve(), tmp_path / "abs.npz")
+    assert plan.source == f.resolve()
+
+
+def test_to_dict_round_trips(tmp_path):
+    plan = load_plan(_with(sampler={"preset": "fast", "steps": 40}, plan={"kind": "center"},
+                           reference=["r.npz"], seed=7, outputs={"formats": ["npy", "npy", "field"]}),
+                     base_dir=tmp_path)
+    assert plan.outputs.formats == ("npy", "field")  # duplicates dropped, order kept
+    d = plan.to_dict()
+    json.dumps(d)  # JSON-able
+    again = load_plan(d)
+    assert again == plan
+
+
+@pytest.mark.parametrize("changes, path, allowed", [
+    ({"geometry__shape": [64, 0, 64]}, "geometry.shape[1]", "≥ 1"),
+    ({"geometry__shape": [64, 64]}, "geometry.shape", "3 integers"),
+    ({"geometry__shape": "64x64x64"}, "geometry.shape", "3 integers"),
+    ({"geometry__shape": [64, 64.5, 64]}, "geometry.shape[1]", "integer"),
+    ({"geometry__shape": [64, True, 64]}, "geometry.shape[1]", "integer"),
+    ({"batch_size": 0}, "batch_size", "≥ 1"),
+    ({"batch_size": "8"}, "batch_size", "integer"),
+    ({"sampler__preset": "turbo"}, "sampler.preset", '"paper"'),
+    ({"sampler__resample": -1}, "sampler.resample", "≥ 0"),
+    ({"sampler__steps": 1}, "sampler.steps", "≥ 2"),
+    ({"sampler__jump": 0}, "sampler.jump", "≥ 1"),
+    ({"sampler__no_resample_tail": 250}, "sampler.no_resample_tail", "less than steps"),
+    ({"backend": "tensort"}, "backend", "did you mean \"tensorrt\""),
+    ({"plan__kind": "spiral"}, "plan.kind", '"center"'),
+    ({"outputs__formats": ["npy", "tiff"]}, "outputs.formats[1]", '"spparks"'),
+    ({"outputs__formats": []}, "outputs.formats", "non-empty"),
+    ({"segmentation__eps": 2.0}, "segmentation.eps", "< 2"),
+    ({"segmentation__method": "kmeans"}, "segmentation.method", '"levels"'),
+    ({"segmentation__min_samples": 0}, "segmentation.min_samples", "≥ 1"),
+    ({"seed": -3}, "seed", "integer from 0"),
+    ({"reference": "a.npz"}, "reference", "list"),
+    ({"checkpoint_every": -1}, "checkpoint_every", "≥ 0"),
+    ({"model": 5}, "model", "path"),
+    ({"version": 2}, "version", "version 1"),
+])
+def test_bad_values_name_the_field_value_and_fix(changes, path, allowed):
+    d = _with(**changes)
+    with pytest.raises(GPEngineError) as info:
+        load_plan(d)
+    msg = str(info.value)
+    assert f"{path} = " in msg and allowed in msg and "Example fix:" in msg
+    value = changes[next(iter(changes))]
+    if path.endswith("]"):
+        value = value[int(path[-2])]
+    assert json.dumps(value) in msg
+
+
+def test_eps_above_two_is_fine_for_levels():
+    plan = load_plan(_with(segmentation={"method": "levels", "eps": 2.5}))
+    assert plan.segmentation.eps == 2.5
+
+
+@pytest.mark.parametrize("changes, key", [
+    ({"batchsize": 4}, "batchsize"),
+    ({"sampler__stepz": 10}, "sampler.stepz"),
+    ({"outputs__directory": "x"}, "outputs.directory"),
+])
+def test_unknown_keys_are_named(changes, key):
+    with pytest.raises(GPEngineError, match=f"unknown key '{key}'.*Allowed keys"):
+        load_plan(_with(**changes))
+
+
+def test_missing_and_reserved_fields():
+    with pytest.raises(GPEngineError, match='"version" is missing'):
+        load_plan({"geometry": {"shape": [8, 8, 8]}})
+    with pytest.raises(GPEngineError, match='"geometry" is missing'):
+        load_plan({"version": 1})
+    with pytest.raises(GPEngineError, match="geometry.stl is not supported yet"):
+        load_plan({"version": 1, "geometry": {"stl": "part.stl"}})
+
+
+def test_malformed_json_reports_line_and_column(tmp_path):
+    f = tmp_path / "bad.json"
+    f.write_text('{\n  "version": 1,\n  "geometry": {"shape": [8, 8, 8]}\n  "seed": 3\n}\n')
+    with pytest.raises(GPEngineError, match=r"line 4, column 3"):
+        load_plan(f)
+    with pytest.raises(GPEngineError, match="not found"):
+        load_plan(tmp_path / "missing.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(GPEngineError, match="JSON object"):
+        load_plan(tmp_path / "list.json")
+
+
+@pytest.mark.parametrize("name", ["demo_cpu.json", "paper_100.json", "anisotropic_center.json"])
+def test_examples_load(name):
+    plan = load_plan(EXAMPLES / name)
+    assert plan.source == (EXAMPLES / name).resolve()
+    for ref in plan.reference or ():
+        assert ref.is_file(), f"{name}: reference {ref} must be a shipped file"
+
+
+def test_example_kinds():
+    assert load_plan(EXAMPLES / "demo_cpu.json").sampler.preset == "fast"
+    assert load_plan(EXAMPLES / "demo_cpu.json").backend == "onnxruntime"
+    assert load_plan(EXAMPLES / "paper_100.json").geometry.shape == (100, 100, 100)
+    assert load_plan(EXAMPLES / "anisotropic_center.json").plan_kind == "center"
+
+
+def test_plan_command_prints_cost_and_draws(tmp_path, capsys):
+    from gp_engine.cli import main
+
+    png = tmp_path / "plan.png"
+    assert main(["plan", str(EXAMPLES / "paper_100.json"), "--png", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "blocks: 64" in out and "batches: 8 at batch size 8" in out
+    assert f"{64 * 2490:,} block-evaluations" in out
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(_with(batch_size=0)))
+    assert main(["plan", str(bad)]) == 2
+    assert "batch_size = 0" in capsys.readouterr().err

@@ -1,0 +1,107 @@
+"""Trainer on CPU (tiny preset, tiny crops of the shipped samples): finite loss, exact resume, errors."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gp_engine.checkpoint import FORMAT_VERSION, load_checkpoint, load_model, save_checkpoint
+from gp_engine.errors import GPEngineError
+from gp_engine.train import TrainOptions, ema_decay_at, train
+
+DATA = Path(__file__).resolve().parent.parent / "gp_engine" / "data"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("vols")
+    for seed in (1001, 1019):
+        spins = np.load(DATA / f"potts_iso_100_seed{seed}.npz")["spins"]
+        np.save(d / f"crop_seed{seed}.npy", spins[:40, :40, :36].copy())
+    return d
+
+
+def _opts(data_dir, out, **kw):
+    base = dict(data=[str(data_dir)], out=str(out), preset="tiny", steps=4, batch_size=2, device="cpu",
+                val_every=2, val_blocks=2, checkpoint_every=2, log_every=1, progress=False, seed=3,
+                threads=1)
+    base.update(kw)
+    return TrainOptions(**base)
+
+
+def test_train_few_steps_writes_a_checkpoint(data_dir, tmp_path):
+    out = tmp_path / "m.pt"
+    meta = train(_opts(data_dir, out))
+    assert meta["steps"] == 4 and meta["samples_seen"] == 8
+    assert np.isfinite(meta["final_train_loss"]) and np.isfinite(meta["final_val_loss"])
+    assert [Path(p).name for p in meta["train_files"]] == ["crop_seed1001.npy"]
+    assert [Path(p).name for p in meta["val_files"]] == ["crop_seed1019.npy"]
+    ck = load_checkpoint(out)
+    assert ck["format_version"] == FORMAT_VERSION and ck["encoding"]["kind"] == "separable"
+    assert ck["schedule"]["T"] == 250 and ck["training"]["history"]["val"]
+    model, _ = load_model(out)
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.zeros(1, 1, 32, 32, 32), torch.tensor([1.0]))).all()
+    assert (tmp_path / "m_loss_curve.png").stat().st_size > 1000
+    with pytest.raises(GPEngineError, match="--resume"):
+        train(_opts(data_dir, out))
+
+
+def test_resume_continues_exactly(data_dir, tmp_path):
+    full = tmp_path / "full.pt"
+    part = tmp_path / "part.pt"
+    train(_opts(data_dir, full, steps=4))
+    train(_opts(data_dir, part, steps=2))
+    train(_opts(data_dir, part, steps=4, resume=True))
+    a, b = load_checkpoint(full), load_checkpoint(part)
+    assert a["step"] == b["step"] == 4
+    for key in ("model", "ema"):
+        for name, ta in a[key].items():
+            torch.testing.assert_close(b[key][name], ta, rtol=0, atol=1e-7, msg=f"{key}.{name}")
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    for i in sa:
+        torch.testing.assert_close(sb[i]["exp_avg_sq"], sa[i]["exp_avg_sq"], rtol=0, atol=1e-9)
+    assert torch.equal(a["rng"]["generator"], b["rng"]["generator"])
+    assert a["training"]["samples_seen"] == b["training"]["samples_seen"] == 8
+
+
+def test_time_limit_stops_and_checkpoints(data_dir, tmp_path):
+    out = tmp_path / "t.pt"
+    meta = train(_opts(data_dir, out, steps=1000, time_limit_min=0.0, encoding="paper"))
+    assert meta["stopped_by_time_limit"] and meta["steps"] == 1
+    assert load_checkpoint(out)["encoding"] == {"kind": "paper", "levels": None}
+
+
+def test_ema_decay_warmup():
+    assert ema_decay_at(0, 0.999) == pytest.approx(0.1)
+    assert ema_decay_at(10**6, 0.999) == 0.999
+
+
+def test_bad_checkpoints_raise(tmp_path):
+    with pytest.raises(GPEngineError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(GPEngineError, match="not a readable"):
+        load_checkpoint(junk)
+    plain = tmp_path / "plain.pt"
+    torch.save(torch.nn.Linear(2, 2).state_dict(), plain)
+    with pytest.raises(GPEngineError, match="plain state_dict"):
+        load_checkpoint(plain)
+    newer = tmp_path / "newer.pt"
+    save_checkpoint(newer, {"config": {"channels": [8, 16]}, "schedule": {}, "encoding": {}, "ema": {}})
+    raw = torch.load(newer, weights_only=True)
+    raw["format_version"] = FORMAT_VERSION + 1
+    torch.save(raw, newer)
+    with pytest.raises(GPEngineError, match="newer"):
+        load_checkpoint(newer)
+
+
+def test_bad_options_raise(data_dir, tmp_path):
+    with pytest.raises(GPEngineError):
+        train(_opts(data_dir, tmp_path / "x.pt", loss="huber"))
+    with pytest.raises(GPEngineError):
+        train(_opts(data_dir, tmp_path / "x.pt", data=[]))
+    with pytest.raises(GPEngineError):
+        train(_opts(data_dir, tmp_path / "x.pt", precision="fp16"))
