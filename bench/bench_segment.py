@@ -121,7 +121,8 @@ def sklearn_compare(field: np.ndarray) -> dict:
     t_grid = time.perf_counter() - t0
     sk_core = np.zeros(len(pts), bool)
     sk_core[db.core_sample_indices_] = True
-    same = bool((core.ravel() == sk_core).all() and ((labels.ravel() == 0) == (db.labels_ < 0)).all())
+    same = bool((core.ravel() == sk_core).all()
+                and ((labels.ravel() == 0) == (db.labels_ < 0)).all())
     return {"size": int(field.shape[0]), "voxels": int(field.size), "sklearn_s": t_sk,
             "grid_dbscan_s": t_grid, "speedup": t_sk / t_grid, "same_core_and_noise": same}
 
@@ -175,17 +176,21 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="100^3 and 200^3 only")
     ap.add_argument("--no-sklearn64", action="store_true", help="skip the 64^3 sklearn run")
-    ap.add_argument("--tile", type=int, default=64, help="tile size of the tiled cases")
+    ap.add_argument("--tile", type=int, default=None,
+                    help="tile size of the tiled cases (default: 64 up to 200^3, else 128)")
     args = ap.parse_args()
 
     spins, source = load_spins()
     reps_list = [1, 2] if args.quick else [1, 4]
-    cases = [("dbscan untiled", "dbscan", None, False), ("dbscan tiled", "dbscan", args.tile, False),
-             ("levels untiled", "levels", None, False), ("levels tiled", "levels", args.tile, False),
-             ("dbscan out-of-core", "dbscan", args.tile, True)]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for reps in reps_list:
+            tile = args.tile or (64 if spins.shape[0] * reps <= 200 else 128)
+            cases = [("dbscan untiled", "dbscan", None, False),
+                     ("dbscan tiled", "dbscan", tile, False),
+                     ("levels untiled", "levels", None, False),
+                     ("levels tiled", "levels", tile, False),
+                     ("dbscan out-of-core", "dbscan", tile, True)]
             field = make_field(spins, reps)
             path = Path(tmp) / f"field_{reps}.npy"
             np.save(path, field)
@@ -214,7 +219,8 @@ def main() -> int:
         sub = make_field(spins, 1)[:n, :n, :n].copy()
         c = sklearn_compare(sub)
         sk.append(c)
-        print(f"sklearn DBSCAN {n}^3: {c['sklearn_s']:.3f} s, grid DBSCAN {c['grid_dbscan_s']:.4f} s"
+        print(f"sklearn DBSCAN {n}^3: {c['sklearn_s']:.3f} s, "
+              f"grid DBSCAN {c['grid_dbscan_s']:.4f} s"
               f" -> {c['speedup']:.0f}x faster; identical core/noise sets: "
               f"{c['same_core_and_noise']}", flush=True)
 
@@ -236,7 +242,7 @@ def main() -> int:
         "field": f"levels[spin % {N_LEVELS}] + N(0, {SIGMA}) float32 from {source}, "
                  "tiled periodically",
         "params": {"dbscan": PARAMS, "levels": {"levels": N_LEVELS, "min_size": 5},
-                   "tile": args.tile},
+                   "tile": args.tile or "64 up to 200^3, else 128"},
         "targets": {"voxels_per_s": TARGET_VOX_PER_S, "bytes_per_voxel": TARGET_BYTES_PER_VOX},
         "results": results,
         "sklearn": sk,

@@ -2,8 +2,9 @@
 // helpers used to merge tile-local labels.  Header-only, no Python dependency: the
 // pybind11 binding (segment_binding.cpp) only converts arrays.
 //
-// Points are (z, y, x, S*v) for every voxel of a 3D field v.  For eps < 2 a voxel's
-// eps-neighbourhood can only contain itself and its 26 grid neighbours, so DBSCAN is:
+// Points are (i, j, k, S*v) for every voxel (i, j, k) of a 3D field v (C order; the axis
+// names do not matter).  For eps < 2 a voxel's eps-neighbourhood can only contain itself and
+// its 26 grid neighbours, so DBSCAN is:
 //   1. count, for each voxel p, the stencil voxels q (p included) with
 //      |p-q|^2 + (S*v_p - S*v_q)^2 <= eps^2            -> core if count >= min_samples;
 //   2. union-find over core-core stencil edges within eps;
@@ -11,8 +12,9 @@
 //      the smallest linear index (fixed, tile-independent rule), else noise (0).
 // Clusters are numbered 1..n in the C order of their first core voxel.
 //
-// Memory: the output int32 array doubles as the union-find parent array and a uint8
-// array holds neighbour counts, then core flags: 5 bytes per voxel besides the input.
+// Memory: 7 bytes per voxel besides the input: the int32 output doubles as the union-find
+// parent array, a uint8 array holds neighbour counts then core flags, and a uint16 array the
+// 13 forward "within eps" bits (distances are computed once).
 #pragma once
 
 #include <algorithm>
@@ -33,28 +35,7 @@ static const int kForward[13][3] = {
     {0, 0, 1},  {0, 1, -1},  {0, 1, 0},  {0, 1, 1},  {1, -1, -1}, {1, -1, 0}, {1, -1, 1},
     {1, 0, -1}, {1, 0, 0},   {1, 0, 1},  {1, 1, -1}, {1, 1, 0},   {1, 1, 1}};
 
-// Calls f(p, q, d2) for every pair (p, q = p + forward offset) inside the grid.
-// Offset-outer / row-inner so the inner loop is a plain contiguous sweep.
-template <class F>
-inline void for_each_forward_pair(const Shape3& s, F&& f) {
-    const int64_t sy = s.nx, sz = s.ny * s.nx;
-    for (int64_t z = 0; z < s.nz; ++z) {
-        for (int64_t y = 0; y < s.ny; ++y) {
-            const int64_t row = z * sz + y * sy;
-            for (const auto& o : kForward) {
-                const int64_t zz = z + o[0], yy = y + o[1];
-                if (zz >= s.nz || yy < 0 || yy >= s.ny) continue;
-                const int64_t off = o[0] * sz + o[1] * sy + o[2];
-                const int d2 = o[0] * o[0] + o[1] * o[1] + o[2] * o[2];
-                const int64_t x0 = o[2] < 0 ? 1 : 0;
-                const int64_t x1 = o[2] > 0 ? s.nx - 1 : s.nx;
-                for (int64_t x = x0; x < x1; ++x) f(row + x, row + x + off, d2);
-            }
-        }
-    }
-}
-
-// Calls f(q) for the in-grid 26 neighbours of (z, y, x) in increasing linear index;
+// Calls f(q, d2) for the in-grid 26 neighbours of (z, y, x) in increasing linear index;
 // stops early when f returns true.
 template <class F>
 inline void for_each_neighbour(const Shape3& s, int64_t z, int64_t y, int64_t x, F&& f) {
@@ -72,6 +53,34 @@ inline void for_each_neighbour(const Shape3& s, int64_t z, int64_t y, int64_t x,
             }
         }
     }
+}
+
+// The distance test of one row of pairs, w[i] = d2 + (S*a[i] - S*b[i])^2 <= eps^2.  The hot
+// loop of the kernel: on x86-64 GCC also builds an AVX2 clone, picked at load time (no FMA, so
+// the rounding is the plain double arithmetic that sklearn's tree search uses).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define GPE_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#else
+#define GPE_MULTIVERSION
+#endif
+
+template <class T>
+inline void within_row_impl(const T* __restrict a, const T* __restrict b, uint8_t* __restrict w,
+                            int64_t len, double scale, double d2, double eps2) {
+    for (int64_t i = 0; i < len; ++i) {
+        const double dv = scale * double(a[i]) - scale * double(b[i]);
+        w[i] = d2 + dv * dv <= eps2;
+    }
+}
+
+GPE_MULTIVERSION static void within_row(const float* a, const float* b, uint8_t* w, int64_t len,
+                                        double scale, double d2, double eps2) {
+    within_row_impl(a, b, w, len, scale, d2, eps2);
+}
+
+GPE_MULTIVERSION static void within_row(const double* a, const double* b, uint8_t* w, int64_t len,
+                                        double scale, double d2, double eps2) {
+    within_row_impl(a, b, w, len, scale, d2, eps2);
 }
 
 template <class T>
@@ -123,18 +132,16 @@ int32_t grid_dbscan(const T* v, const Shape3& s, double eps, int min_samples, do
                 if (z + o[0] >= s.nz || y + o[1] < 0 || y + o[1] >= s.ny) continue;
                 const int64_t x0 = o[2] < 0 ? 1 : 0, x1 = o[2] > 0 ? s.nx - 1 : s.nx;
                 const int64_t len = x1 - x0, p0 = row + x0;
-                const T* __restrict a = v + p0;
-                const T* __restrict b = v + p0 + off[k];
-                uint8_t* __restrict ww = w.data();
-                const double dk = d2[k];
-                for (int64_t i = 0; i < len; ++i) {
-                    const double dv = scale * double(a[i]) - scale * double(b[i]);
-                    ww[i] = dk + dv * dv <= eps2;
+                const uint8_t* __restrict ww = w.data();
+                within_row(v + p0, v + p0 + off[k], w.data(), len, scale, d2[k], eps2);
+                {
+                    uint8_t* __restrict cp = core + p0;
+                    for (int64_t i = 0; i < len; ++i) cp[i] += ww[i];
                 }
-                uint8_t* __restrict cp = core + p0;
-                for (int64_t i = 0; i < len; ++i) cp[i] += ww[i];
-                uint8_t* __restrict cq = core + p0 + off[k];
-                for (int64_t i = 0; i < len; ++i) cq[i] += ww[i];
+                {
+                    uint8_t* __restrict cq = core + p0 + off[k];
+                    for (int64_t i = 0; i < len; ++i) cq[i] += ww[i];
+                }
                 uint16_t* __restrict ep = edges.data() + p0;
                 for (int64_t i = 0; i < len; ++i) ep[i] |= uint16_t(ww[i]) << k;
             }

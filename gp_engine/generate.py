@@ -68,10 +68,13 @@ def sample_canvas(engine, blocks: Sequence, batches: Sequence[Sequence[int]], ca
             def step(_k, nb=nb):
                 bar.update(nb)
 
-            if hasattr(engine, "sample_batch"):
-                x = engine.sample_batch(x0, mask, ids, seed, setup, on_step=step)
-            else:
-                x = repaint.sample_batch(engine, x0, mask, ids, seed, setup, on_step=step)
+            try:
+                if hasattr(engine, "sample_batch"):
+                    x = engine.sample_batch(x0, mask, ids, seed, setup, on_step=step)
+                else:
+                    x = repaint.sample_batch(engine, x0, mask, ids, seed, setup, on_step=step)
+            except GPEngineError as exc:
+                raise GPEngineError(f"batch {k}: {exc}") from None
             for r in range(nb):
                 if not mask[r].any():
                     x[r] = repaint.shift_mid_range(x[r])
@@ -95,7 +98,9 @@ def sample_canvas(engine, blocks: Sequence, batches: Sequence[Sequence[int]], ca
     return {"batches_run": committed, "blocks_run": n_blocks_todo if committed == len(todo) else None,
             "seconds": seconds, "evaluations_per_block": evals,
             "block_evaluations_per_s": n_blocks_todo * evals / seconds if seconds > 0 else None,
-            "voxels_per_min": voxels * 60.0 / seconds if seconds > 0 and todo else None}
+            # the share of the volume this call generated (a resumed run did only part of it)
+            "voxels_per_min": (voxels * n_blocks_todo / max(len(blocks), 1)) * 60.0 / seconds
+            if seconds > 0 and todo else None}
 
 
 # ------------------------------------------------------------------------------- plan glue
@@ -156,8 +161,10 @@ IN_RAM_VOXELS = 256 ** 3
 
 
 def segment_field(field: np.ndarray, seg, out_dir: Path | None = None,
-                  progress: bool = False) -> np.ndarray:
+                  progress: bool = False, levels: int | None = None) -> np.ndarray:
     """Segment the float field into grain ids with the plan's segmentation settings.
+
+    ``levels``: the model's encoding levels (used by ``method="levels"``, which snaps to them).
 
     Large fields (memmaps over ``IN_RAM_VOXELS``) are segmented tile by tile into a memmap in
     ``out_dir/canvas/`` so memory stays bounded.
@@ -167,6 +174,8 @@ def segment_field(field: np.ndarray, seg, out_dir: Path | None = None,
     get = (seg.get if isinstance(seg, dict) else lambda k, d=None: getattr(seg, k, d)) \
         if seg is not None else (lambda k, d=None: d)
     kwargs = {k: get(k) for k in ("method", "eps", "min_samples", "value_scale") if get(k) is not None}
+    if kwargs.get("method") == "levels" and levels:
+        kwargs["levels"] = int(levels)
     if field.size > IN_RAM_VOXELS and out_dir is not None:
         out = np.lib.format.open_memmap(Canvas.path(out_dir) / "grains.npy", "w+", np.int32, field.shape)
         return segment(field, tile=256, out=out, progress=progress, **kwargs)
@@ -177,11 +186,10 @@ def compute_stats(grain_ids: np.ndarray, reference) -> dict:
     from .stats import summarize
 
     refs = None
-    if reference:
-        from .grains import split_grains
+    if reference:  # raw SPPARKS spins are fine: summarize splits into 26-connected grains
         from .volume_io import read_volume
 
-        refs = [split_grains(read_volume(p)) for p in reference]
+        refs = [read_volume(p) for p in reference]
     return summarize([grain_ids], refs)
 
 
@@ -199,8 +207,11 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
     shape = tuple(int(s) for s in plan.geometry.shape)
     out = Path(out_dir or plan.outputs.dir)
     formats = getattr(plan.outputs, "formats", None)
-    if not resume and not force:
-        existing = [p for p in output_paths(out, formats) if p.exists()]
+    existing = [p for p in output_paths(out, formats) if p.exists()]
+    if force and not resume:  # stale results of the overwritten run must not survive a new crash
+        for p in existing:
+            p.unlink()
+    elif not resume:
         if existing or Canvas.path(out).exists():
             raise GPEngineError(f"{out} already holds outputs ({', '.join(p.name for p in existing) or 'canvas/'}); "
                                 "pass --force to overwrite, --resume to continue, or another --out")
@@ -215,15 +226,16 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
     padded = canvas_shape(shape, block)  # thin boxes are planned on a canvas padded to one block
     meta = {"plan_hash": plan_hash(plan), "seed": seed, "model": model_id(model_dir, manifest),
             "shape": list(padded), "batch_size": B, "batches": len(batches)}
-    canvas = Canvas.resume(out, meta) if resume else Canvas.create(out, padded, meta, force=force)
-    if engine is None:
+    if engine is None:  # before touching the output dir: a bad backend fails fast
         engine = load_engine(model_dir, backend or getattr(plan, "backend", None) or "auto", B)
+    canvas = Canvas.resume(out, meta) if resume else Canvas.create(out, padded, meta, force=force)
     timing = sample_canvas(engine, blocks, batches, canvas, setup, seed, block, progress, stop_after)
     timing.update(backend=engine.name, batch_size=B, blocks=len(blocks), batches=len(batches))
     field = canvas.values[:shape[0], :shape[1], :shape[2]]
     if field.size <= IN_RAM_VOXELS:
         field = np.ascontiguousarray(field)
-    grain_ids = segment_field(field, getattr(plan, "segmentation", None), out, progress)
+    levels = (manifest.get("encoding") or {}).get("levels")
+    grain_ids = segment_field(field, getattr(plan, "segmentation", None), out, progress, levels)
     stats = compute_stats(grain_ids, getattr(plan, "reference", None))
     stats = {"summary": stats, "timing": timing, "plan_hash": meta["plan_hash"], "seed": seed,
              "shape": list(shape), "model": str(model_dir)}

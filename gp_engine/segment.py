@@ -2,9 +2,9 @@
 
 Two methods, both ending with every voxel labelled by an int32 grain id 1..n:
 
-* ``dbscan`` (the paper's method): DBSCAN over the points (z, y, x, S·value) of the voxel grid.
+* ``dbscan`` (the paper's method): DBSCAN over the points (i, j, k, S·value) of the voxel grid.
   With eps < 2 only a voxel and its 26 neighbours can lie within eps, so the C++ kernel
-  (``gp_engine._segment``, ``csrc/grid_dbscan.hpp``) is exact DBSCAN in O(N) with ~5 bytes per
+  (``gp_engine._segment``, ``csrc/grid_dbscan.hpp``) is exact DBSCAN in O(N) with 3 bytes per
   voxel besides input and output: count neighbours (core test, the voxel itself included as in
   sklearn), union-find over core–core edges, then each border voxel joins the cluster of its
   within-eps core neighbour with the smallest linear index (sklearn allows any reachable
@@ -18,7 +18,9 @@ Two methods, both ending with every voxel labelled by an int32 grain id 1..n:
   Components are numbered in C order of their first voxel.
 
 Unlabelled voxels (DBSCAN noise, dropped fragments) are then filled by :func:`fill_noise`, a
-synchronous majority vote over the 26 neighbours repeated until nothing is left.
+synchronous majority vote over the 26 neighbours repeated until nothing is left (the paper's
+code votes over the 6 face neighbours; 26 matches the stencil, and the synchronous update makes
+the result independent of scan and tile order).
 
 Large volumes: ``tile=T`` processes T³ tiles with a 2-voxel halo (the core test of a halo voxel
 needs its own neighbours), merges tile-local clusters with a global union-find over the halo's
@@ -109,7 +111,7 @@ def _run_dbscan(block: np.ndarray, eps: float, min_samples: int,
 def dbscan_grid(field: np.ndarray, eps: float = DEFAULT_EPS,
                 min_samples: int = DEFAULT_MIN_SAMPLES,
                 value_scale: float = DEFAULT_VALUE_SCALE) -> tuple[np.ndarray, np.ndarray]:
-    """Exact DBSCAN of the points (z, y, x, value_scale·field) of a 3D voxel grid.
+    """Exact DBSCAN of the points (i, j, k, value_scale·field[i, j, k]) of a 3D voxel grid.
 
     Same core and noise sets and the same partition of core points as
     ``sklearn.cluster.DBSCAN(eps, min_samples)`` on those points; border points join the
@@ -173,7 +175,7 @@ def snap_levels(field: np.ndarray, levels: np.ndarray, dtype: type = np.int16) -
     """
     mids = (levels[1:] + levels[:-1]) / 2.0
     out = np.empty(field.shape, dtype=dtype)
-    step = max(1, (1 << 22) // max(1, field[0].size))
+    step = max(1, (1 << 20) // max(1, field[0].size))
     for i in range(0, field.shape[0], step):
         block = np.asarray(field[i:i + step])
         if np.issubdtype(block.dtype, np.floating) and not np.all(np.isfinite(block)):
@@ -235,7 +237,8 @@ def _check_out(out: np.ndarray, shape: tuple[int, ...]) -> None:
             f"out must be an int32 array of shape {tuple(shape)}; got "
             f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
     if not out.flags.c_contiguous or not out.flags.writeable:
-        raise GPEngineError("out must be C-contiguous and writable (e.g. np.lib.format.open_memmap)")
+        raise GPEngineError(
+            "out must be C-contiguous and writable (e.g. np.lib.format.open_memmap)")
 
 
 def _label_block(block: np.ndarray, method: str, eps: float, min_samples: int,
@@ -277,7 +280,24 @@ def _grow(lo: Sequence[int], hi: Sequence[int], halo: int,
 
 
 def _sl(lo: Sequence[int], hi: Sequence[int], origin: Sequence[int] = (0, 0, 0)) -> _Slices:
-    return tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, origin))  # type: ignore[return-value]
+    return tuple(slice(a - o, b - o)  # type: ignore[return-value]
+                 for a, b, o in zip(lo, hi, origin))
+
+
+def _shell_boxes(olo: Sequence[int], ohi: Sequence[int], ilo: Sequence[int],
+                 ihi: Sequence[int]) -> Iterator[tuple[list[int], list[int]]]:
+    """Disjoint boxes covering the outer box minus the inner box (inner inside outer)."""
+    lo, hi = list(olo), list(ohi)
+    for axis in range(3):
+        if lo[axis] < ilo[axis]:
+            blo, bhi = list(lo), list(hi)
+            bhi[axis] = ilo[axis]
+            yield blo, bhi
+        if ihi[axis] < hi[axis]:
+            blo, bhi = list(lo), list(hi)
+            blo[axis] = ihi[axis]
+            yield blo, bhi
+        lo[axis], hi[axis] = ilo[axis], ihi[axis]
 
 
 def _progress(it, total: int, desc: str, enabled: bool):
@@ -326,12 +346,12 @@ def _segment_tiled(field: np.ndarray, method: str, eps: float, min_samples: int,
         out[_sl(lo, hi)] = centre
 
         rlo, rhi = _grow(lo, hi, 1, shape)
-        ring = core[_sl(rlo, rhi, flo)].copy()
-        ring[_sl(lo, hi, rlo)] = 0
-        pos = np.nonzero(ring)
-        if pos[0].size:
-            ring_ids.append(labels[_sl(rlo, rhi, flo)][pos].astype(np.int64) + (base - 1))
-            ring_pos.append(np.ravel_multi_index(tuple(p + o for p, o in zip(pos, rlo)), shape))
+        for blo, bhi in _shell_boxes(rlo, rhi, lo, hi):
+            pos = np.nonzero(core[_sl(blo, bhi, flo)])
+            if pos[0].size:
+                ring_ids.append(labels[_sl(blo, bhi, flo)][pos].astype(np.int64) + (base - 1))
+                ring_pos.append(np.ravel_multi_index(tuple(p + o for p, o in zip(pos, blo)),
+                                                     shape))
         base += m
 
     # Global union-find over provisional ids, then number clusters by first core voxel.
@@ -375,20 +395,21 @@ def _segment_tiled(field: np.ndarray, method: str, eps: float, min_samples: int,
     # Pass 3: fill noise per tile, FILL_HALO synchronous steps with a FILL_HALO halo, which is
     # exact in the tile. Filled voxels are stored negated so that later tiles still read the
     # pre-fill state (negative -> 0) in their halo.
-    leftover = False
+    leftover = filled_any = False
     for lo, hi in _progress(boxes, len(boxes), "segment: fill", progress):
+        was_zero = out[_sl(lo, hi)] == 0  # this tile is not filled yet: zeros are noise
+        if not was_zero.any():
+            continue
+        filled_any = True
         hlo, hhi = _grow(lo, hi, FILL_HALO, shape)
         work = np.ascontiguousarray(np.maximum(out[_sl(hlo, hhi)], 0))
         c = _sl(lo, hi, hlo)
-        was_zero = work[c] == 0
-        if not was_zero.any():
-            continue
         _segment.fill_noise(work, FILL_HALO, False)
         filled = work[c]
         leftover = leftover or not filled.all()
         np.negative(filled, out=filled, where=was_zero)
         out[_sl(lo, hi)] = filled
-    for lo, hi in boxes:
+    for lo, hi in boxes if filled_any else []:
         s = _sl(lo, hi)
         np.abs(out[s], out=out[s])
     if leftover:  # voxels further than FILL_HALO from any label: continue the same iteration

@@ -250,7 +250,10 @@ def stats_of_volumes(volumes: Sequence[np.ndarray], split: bool = True, zero_is_
             if not zero_is_outside and ids.dtype.kind in "iu" and ids.size and ids.min() == 0:
                 ids = ids.astype(np.int64) + 1
         out.append(grain_stats(ids))
-    return concat_stats(out)
+    pooled = concat_stats(out)
+    if pooled["volume"].size == 0:
+        raise GPEngineError("the volumes hold no grains (every voxel is 0 = outside): check the input files")
+    return pooled
 
 
 def summarize(ids_list: Sequence[np.ndarray], ref_list: Sequence[np.ndarray] | None = None,

@@ -130,7 +130,7 @@ def plot_loss_curve(history: dict, path: str | os.PathLike, title: str = "") -> 
     ax.set_title(title, fontsize=9)
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.13, right=0.97, top=0.9, bottom=0.13)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)
     plt.close(fig)
@@ -261,7 +261,9 @@ def train(opts: TrainOptions) -> dict:
             "history": history, "options": run_opts, "torch": str(torch.__version__),
         }
 
-    def checkpoint(last_train, last_val) -> None:
+    last_plot = [time.time()]
+
+    def checkpoint(last_train, last_val, final: bool = False) -> None:
         save_checkpoint(out, {
             "config": config, "schedule": schedule_d, "prediction": "eps", "encoding": encoding,
             "ema": ema.state_dict(), "model": model.state_dict(), "optimizer": optim.state_dict(),
@@ -269,8 +271,10 @@ def train(opts: TrainOptions) -> dict:
             "rng": {"generator": gen.get_state(), "device": device.type}, "step": step,
             "training": metadata(last_train, last_val),
         })
-        plot_loss_curve(history, loss_curve_path(out), f"{config.get('preset')} {encoding['kind']} "
-                                                         f"{step} steps, {samples} blocks")
+        if final or time.time() - last_plot[0] > 120:  # plotting costs ~1 s: not at every checkpoint
+            plot_loss_curve(history, loss_curve_path(out), f"{config.get('preset')} {encoding['kind']} "
+                                                             f"{step} steps, {samples} blocks")
+            last_plot[0] = time.time()
 
     last_train = history["train"][-1][1] if history["train"] else None
     last_val = history["val"][-1][1] if history["val"] else None
@@ -327,7 +331,7 @@ def train(opts: TrainOptions) -> dict:
     if stopped_by_time and validator is not None and (not history["val"] or history["val"][-1][0] != step):
         last_val = validator(ema, sqrt_ab, sqrt_1mab, opts.loss, autocast)
         history["val"].append([step, last_val])
-    checkpoint(last_train, last_val)
+    checkpoint(last_train, last_val, final=True)
     meta = metadata(last_train, last_val)
     meta["stopped_by_time_limit"] = stopped_by_time
     return meta

@@ -452,9 +452,10 @@ def write_spparks_dump(path: str | os.PathLike, arr: np.ndarray, timestep: int =
 
     def write(fh: IO[bytes]) -> None:
         fh.write(head.encode())
-        chunk = 1 << 18
+        chunk = 1 << 17
         for s in range(0, n, chunk):
-            np.savetxt(fh, table[s : s + chunk], fmt="%d")
+            rows = table[s : s + chunk]
+            fh.write((("%d %d %d %d %d\n" * rows.shape[0]) % tuple(rows.ravel().tolist())).encode())
 
     return _atomic_write(path, write)
 

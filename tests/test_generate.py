@@ -144,7 +144,7 @@ def test_disk_space_check(tmp_path):
 
 def test_nan_in_network_output_names_block():
     c = Canvas.in_memory(SHAPE)
-    with pytest.raises(GPEngineError, match=r"block\(s\) \[0\]"):
+    with pytest.raises(GPEngineError, match=r"batch 0: .*block\(s\) \[0\]"):
         sample_canvas(LinearFake(1, nan_block=True), fake_blocks(), BATCHES[1], c, setup(),
                       seed=3, progress=False)
 

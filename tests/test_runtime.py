@@ -81,6 +81,15 @@ def make_model_dir(d: Path, seed: int = 0) -> Path:
     return d
 
 
+@pytest.fixture
+def torch_one_thread():
+    """Small int64 tensor ops on a loaded 2-core box: threads only add contention."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return make_model_dir(tmp_path_factory.mktemp("model"))
@@ -140,7 +149,7 @@ def test_onnx_batch_size_1_vs_4(model_dir):
     assert np.array_equal(four[mask.astype(bool)], x0[mask.astype(bool)])
 
 
-def test_torch_sampler_math_matches_numba_sampler(model_dir):
+def test_torch_sampler_math_matches_numba_sampler(model_dir, torch_one_thread):
     """The device sampler (run eagerly on CPU) draws the same counter noise and computes the same
     steps as the numba CPU sampler with onnxruntime: results agree to float32 rounding."""
     from gp_engine.runtime.torch_backend import TorchEngine
@@ -161,7 +170,7 @@ def test_torch_sampler_math_matches_numba_sampler(model_dir):
                                    x, np.array([3, 4], np.float32)), atol=2e-6)
 
 
-def test_torch_sampler_reports_nan_blocks():
+def test_torch_sampler_reports_nan_blocks(torch_one_thread):
     from gp_engine.runtime.torch_backend import TorchEngine
 
     class NanNet(torch.nn.Module):
@@ -200,3 +209,24 @@ def test_cuda_graph_sampler_matches_cpu(model_dir, precision, atol):
     np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(a, cpu, atol=atol)
     assert np.array_equal(a[mask.astype(bool)], x0[mask.astype(bool)])
+
+
+def test_shipped_model_torch_vs_onnxruntime(torch_one_thread):
+    """The shipped model through both backends (torch on CPU here): same ε, same RePaint result."""
+    from gp_engine.runtime import read_model
+    from gp_engine.runtime.torch_backend import TorchEngine
+
+    try:
+        model_dir, manifest = read_model(None)
+    except GPEngineError as exc:
+        pytest.skip(f"no shipped model yet: {exc}")
+    teng = TorchEngine.from_model_dir(model_dir, manifest, 2, device="cpu")
+    oeng = load_engine(model_dir, "onnxruntime", 2)
+    x0, mask = random_batch(2)
+    t = np.array([0, 200], np.float32)
+    np.testing.assert_allclose(teng.predict_eps(x0, t), oeng.predict_eps(x0, t), atol=1e-4)
+    setup = repaint.make_setup(linear_schedule(250), SimpleNamespace(steps=3, resample=1, jump=1, tail=0))
+    ids = np.array([1, 2])
+    a = teng.sample_batch(x0, mask, ids, 0, setup)
+    b = repaint.sample_batch(oeng, x0, mask, ids, 0, setup)
+    np.testing.assert_allclose(a, b, atol=1e-3)

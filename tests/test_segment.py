@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from gp_engine.errors import GPEngineError
-from gp_engine.segment import (DEFAULT_VALUE_SCALE, FILL_HALO, dbscan_grid, fill_noise, resolve_levels,
-                                segment, snap_levels)
+from gp_engine.segment import (DEFAULT_VALUE_SCALE, FILL_HALO, dbscan_grid, fill_noise,
+                                resolve_levels, segment, snap_levels)
 
 DATA = Path(__file__).resolve().parents[1] / "gp_engine" / "data"
 
@@ -77,6 +77,13 @@ def check_against_sklearn(field: np.ndarray, eps: float, min_samples: int, scale
     (4, 1.75, 14, 7.0)])
 def test_dbscan_matches_sklearn_random(seed, eps, min_samples, scale):
     check_against_sklearn(random_field(12, seed), eps, min_samples, scale)
+
+
+@pytest.mark.parametrize("eps,min_samples", [(1.0, 3), (np.sqrt(2), 6), (np.sqrt(3), 7)])
+def test_dbscan_matches_sklearn_on_exact_boundaries(eps, min_samples):
+    """Integer values with scale 1 put many pairs exactly at distance eps (sklearn: <= eps)."""
+    f = np.random.default_rng(0).integers(0, 3, (10, 10, 10)).astype(np.float32)
+    check_against_sklearn(f, eps, min_samples, 1.0)
 
 
 @pytest.mark.parametrize("min_samples,scale", [(15, 32.0), (20, 32.0), (10, 12.0)])

@@ -105,3 +105,20 @@ def test_bad_options_raise(data_dir, tmp_path):
         train(_opts(data_dir, tmp_path / "x.pt", data=[]))
     with pytest.raises(GPEngineError):
         train(_opts(data_dir, tmp_path / "x.pt", precision="fp16"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_bf16_training_and_pipeline(data_dir, tmp_path):  # pragma: no cover - GPU machines only
+    from gp_engine.blocks import BlockSource, load_volume
+
+    vol = load_volume(data_dir / "crop_seed1001.npy")
+    cpu, gpu = BlockSource([vol], "paper", device="cpu"), BlockSource([vol], "paper", device="cuda")
+    g = torch.Generator().manual_seed(0)
+    v, c = cpu.positions(16, g)
+    sym = torch.randint(0, 48, (16,), generator=g)
+    ref = cpu.gather_symmetric(v, c, sym)
+    got = gpu.gather_symmetric(v.cuda(), c.cuda(), sym.cuda()).cpu()
+    assert torch.equal(ref, got)
+    meta = train(_opts(data_dir, tmp_path / "g.pt", device="cuda", precision="bf16", batch_size=8))
+    assert np.isfinite(meta["final_train_loss"]) and meta["precision"] == "bf16"

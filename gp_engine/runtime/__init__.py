@@ -57,14 +57,20 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def choose_backend(model_dir: Path, manifest: dict, backend: str = "auto") -> str:
-    """Resolve ``auto`` to a concrete backend name; validate explicit choices."""
+def choose_backend(model_dir: Path, manifest: dict, backend: str = "auto",
+                   batch_size: int | None = None) -> str:
+    """Resolve ``auto`` to a concrete backend name; validate explicit choices.
+
+    ``auto`` takes TensorRT only when a plan exists for ``batch_size`` (any plan if None).
+    """
     if backend not in BACKENDS:
         raise GPEngineError(f"backend {backend!r} is unknown; use one of {', '.join(BACKENDS)}")
     if backend != "auto":
         return backend
     trt = manifest.get("tensorrt") or {}
-    if trt.get("plans") and importlib.util.find_spec("tensorrt") is not None and _cuda_available():
+    plans = trt.get("plans") or {}
+    has_plan = bool(plans) if batch_size is None else str(batch_size) in plans
+    if has_plan and importlib.util.find_spec("tensorrt") is not None and _cuda_available():
         return "tensorrt"
     if manifest.get("checkpoint") and (model_dir / manifest["checkpoint"]).is_file() \
             and _cuda_available():
@@ -78,7 +84,7 @@ def load_engine(model_dir=None, backend: str = "auto", batch_size: int = 1,
     if int(batch_size) < 1:
         raise GPEngineError(f"batch size {batch_size} must be ≥ 1")
     path, manifest = read_model(model_dir)
-    name = choose_backend(path, manifest, backend)
+    name = choose_backend(path, manifest, backend, int(batch_size))
     if name == "onnxruntime":
         from .onnx_backend import OnnxEngine
 

@@ -174,7 +174,14 @@ class TorchSampler:
             on_step=None) -> np.ndarray:
         """RePaint a batch; returns x [b, *block_shape] float32 with known voxels = x0 exactly."""
         if self.use_graphs and not self.graphs:
-            self._capture()
+            try:
+                self._capture()
+            except RuntimeError as exc:  # a model op that cannot be captured: run eagerly
+                import warnings
+
+                warnings.warn(f"CUDA graph capture failed ({exc}); running the sampler eagerly")
+                self.use_graphs, self.graphs = False, {}
+                torch.cuda.synchronize()
         b = self._load(x0, mask, block_ids, seed)
         for k, (i, j) in enumerate(self.setup.transitions):
             if j < i:
