@@ -124,7 +124,9 @@ def main(argv=None) -> int:
     result = {"bench": "generate", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "commit": git_commit(), "device": device_info(), "model": str(model_dir),
               "model_placeholder": bool(manifest.get("placeholder", False)),
-              "threads": os.environ.get("GP_ENGINE_THREADS", "all cores")}
+              "threads": os.environ.get("GP_ENGINE_THREADS", "all cores"),
+              # the box may be shared (other jobs inflate timings): record the load at the start
+              "loadavg_1min_at_start": os.getloadavg()[0]}
     result["evaluation"] = [time_evaluations(model_dir, backend, b) for b in sorted({1, bs})]
     for e in result["evaluation"]:
         print(f"{e['backend']}: batch {e['batch_size']}: {e['s_per_eval']:.3f} s per evaluation "

@@ -73,12 +73,12 @@ inline void within_row_impl(const T* __restrict a, const T* __restrict b, uint8_
     }
 }
 
-GPE_MULTIVERSION static void within_row(const float* a, const float* b, uint8_t* w, int64_t len,
+[[maybe_unused]] GPE_MULTIVERSION static void within_row(const float* a, const float* b, uint8_t* w, int64_t len,
                                         double scale, double d2, double eps2) {
     within_row_impl(a, b, w, len, scale, d2, eps2);
 }
 
-GPE_MULTIVERSION static void within_row(const double* a, const double* b, uint8_t* w, int64_t len,
+[[maybe_unused]] GPE_MULTIVERSION static void within_row(const double* a, const double* b, uint8_t* w, int64_t len,
                                         double scale, double d2, double eps2) {
     within_row_impl(a, b, w, len, scale, d2, eps2);
 }

@@ -175,7 +175,7 @@ def snap_levels(field: np.ndarray, levels: np.ndarray, dtype: type = np.int16) -
     """
     mids = (levels[1:] + levels[:-1]) / 2.0
     out = np.empty(field.shape, dtype=dtype)
-    step = max(1, (1 << 20) // max(1, field[0].size))
+    step = max(1, (1 << 18) // max(1, field[0].size))
     for i in range(0, field.shape[0], step):
         block = np.asarray(field[i:i + step])
         if np.issubdtype(block.dtype, np.floating) and not np.all(np.isfinite(block)):

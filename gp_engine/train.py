@@ -130,7 +130,7 @@ def plot_loss_curve(history: dict, path: str | os.PathLike, title: str = "") -> 
     ax.set_title(title, fontsize=9)
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.subplots_adjust(left=0.13, right=0.97, top=0.9, bottom=0.13)
+    fig.subplots_adjust(left=0.16, right=0.97, top=0.9, bottom=0.13)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)
     plt.close(fig)
