@@ -174,6 +174,8 @@ def segment_field(field: np.ndarray, seg, out_dir: Path | None = None,
     get = (seg.get if isinstance(seg, dict) else lambda k, d=None: getattr(seg, k, d)) \
         if seg is not None else (lambda k, d=None: d)
     kwargs = {k: get(k) for k in ("method", "eps", "min_samples", "value_scale") if get(k) is not None}
+    if kwargs.get("method", "auto") == "auto":  # the model's encoding decides (README: defaults)
+        kwargs["method"] = "levels" if levels else "dbscan"
     if kwargs.get("method") == "levels" and levels:
         kwargs["levels"] = int(levels)
     if field.size > IN_RAM_VOXELS and out_dir is not None:

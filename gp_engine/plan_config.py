@@ -36,7 +36,8 @@ SAMPLER_PRESETS: dict[str, dict[str, int]] = {
 
 PLAN_KINDS = ("grid", "center")
 BACKENDS = ("auto", "tensorrt", "torch-cuda", "onnxruntime")
-SEGMENTATION_METHODS = ("dbscan", "levels")
+#: ``auto``: ``levels`` for a model with the grain-separable encoding, ``dbscan`` for the paper's.
+SEGMENTATION_METHODS = ("auto", "dbscan", "levels")
 OUTPUT_FORMATS = ("npy", "vti", "spparks", "png", "field")
 MAX_SEED = 2**32 - 1  # the counter-based noise hashes the seed to 32 bits
 
@@ -47,7 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 8,
     "backend": "auto",
     "seed": 0,
-    "segmentation": {"method": "dbscan", "eps": 1.9, "min_samples": 15, "value_scale": 32.0},
+    "segmentation": {"method": "auto", "eps": 1.9, "min_samples": 15, "value_scale": 32.0},
     "outputs": {"dir": "out", "formats": ["npy", "vti", "png"]},
     "reference": None,
     "checkpoint_every": 1,
@@ -283,7 +284,7 @@ def _segmentation(where: str, value: Any) -> SegmentationConfig:
     d = DEFAULTS["segmentation"]
     method = _as_choice(where, "segmentation.method", obj.get("method", d["method"]),
                         SEGMENTATION_METHODS, '"segmentation": {"method": "dbscan"}')
-    hi = 2.0 if method == "dbscan" else None
+    hi = 2.0 if method in ("dbscan", "auto") else None
     eps = _as_float(where, "segmentation.eps", obj.get("eps", d["eps"]), 0.0, hi,
                     '"segmentation": {"eps": 1.9}',
                     " (the grid DBSCAN is exact only for eps < 2: 26-neighbour stencil)" if hi else "")

@@ -35,7 +35,7 @@ def test_minimal_plan_takes_documented_defaults(tmp_path):
             plan.sampler.tail) == ("paper", paper["steps"], paper["resample"], paper["jump"], paper["tail"])
     assert plan.plan_kind == "grid"
     assert plan.batch_size == DEFAULTS["batch_size"] and plan.backend == "auto" and plan.seed == 0
-    assert plan.segmentation.method == "dbscan" and plan.segmentation.eps == 1.9
+    assert plan.segmentation.method == "auto" and plan.segmentation.eps == 1.9
     assert plan.segmentation.min_samples == 15 and plan.segmentation.value_scale == 32.0
     assert plan.outputs.dir == (tmp_path / "out").resolve()
     assert plan.outputs.formats == ("npy", "vti", "png")
