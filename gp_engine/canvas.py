@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic_write import atomic_open
 from .errors import GPEngineError
 
 STATE_VERSION = 1
@@ -50,12 +51,10 @@ def json_safe(obj):
 
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write strict JSON via a temporary file and ``os.replace`` (never a half-written file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    with atomic_open(path, "w") as f:
         json.dump(json_safe(data), f, indent=1, sort_keys=True, allow_nan=False)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def check_disk_space(directory: Path, n_voxels: int, bytes_per_voxel: int = BYTES_PER_VOXEL) -> None:
@@ -176,9 +175,8 @@ class Canvas:
             self.state["completed"].append(int(batch))
             return
         journal = self.dir / "pending.npz"
-        tmp = self.dir / "pending.tmp.npz"
-        np.savez(tmp, batch=np.int64(batch), corners=corners, results=results)
-        os.replace(tmp, journal)
+        with atomic_open(journal, "wb", suffix=".tmp.npz") as f:
+            np.savez(f, batch=np.int64(batch), corners=corners, results=results)
         self._apply(corners, results)
         self.values.flush()
         self.known.flush()

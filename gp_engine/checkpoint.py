@@ -22,39 +22,24 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .atomic_write import atomic_open
 from .errors import GPEngineError
 
 FORMAT = "gp-engine-checkpoint"
 FORMAT_VERSION = 1
 
 
-
-def _public_mode(path: str) -> None:
-    """mkstemp makes 0600 files; give the output the mode a plain open() would (0666 & ~umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
 def save_checkpoint(path: str | os.PathLike, ckpt: dict) -> Path:
     """Atomically write ``ckpt`` (tmp file in the same folder, then os.replace)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ckpt = {"format": FORMAT, "format_version": FORMAT_VERSION, **ckpt}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
-        _public_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as f:
+        torch.save(ckpt, f)
     return path
 
 

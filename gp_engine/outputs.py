@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from .atomic_write import atomic_path
 from .canvas import write_json_atomic
 
 #: output format -> file name(s) written for it
@@ -83,10 +83,11 @@ def write_slices_png(path: Path, grain_ids: np.ndarray, field: np.ndarray) -> Pa
             ax.set_yticks([])
     fig.colorbar(im, ax=axes[1, :], shrink=0.8, label="field value")
     fig.suptitle(f"{int(np.max(grain_ids)) if grain_ids.size else 0} grains, shape {grain_ids.shape}")
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, suffix=".tmp.png") as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -9,12 +9,12 @@ without a display; the PNG is written atomically.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from .atomic_write import atomic_path
 from .planner import BLOCK, Block
 
 
@@ -94,13 +94,9 @@ def draw_plan(blocks: Sequence[Block], canvas: Sequence[int], batches: Sequence[
 
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp.png", dir=out.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=90)
-        os.replace(tmp, out)
+        with atomic_path(out, suffix=".tmp.png") as tmp:
+            fig.savefig(tmp, dpi=90)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out

@@ -27,12 +27,12 @@ binning + FFT convolution with the KDE kernel (milliseconds for any number of gr
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from .atomic_write import atomic_path
 from .errors import GPEngineError
 
 GRID_1D = 2048
@@ -280,15 +280,8 @@ def summarize(ids_list: Sequence[np.ndarray], ref_list: Sequence[np.ndarray] | N
 
 
 def _save_figure(fig, path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".tmp.png") as tmp:
         fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 

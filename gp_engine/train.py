@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic_write import atomic_path
 from .blocks import BlockSource, list_volume_files, load_volume, split_train_val
 from .checkpoint import load_checkpoint, save_checkpoint
 from .diffusion import Schedule, linear_schedule
@@ -131,10 +132,11 @@ def plot_loss_curve(history: dict, path: str | os.PathLike, title: str = "") -> 
     ax.legend()
     ax.grid(alpha=0.3)
     fig.subplots_adjust(left=0.16, right=0.97, top=0.9, bottom=0.13)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, suffix=".tmp.png") as tmp:
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
     return path
 
 

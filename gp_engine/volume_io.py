@@ -10,7 +10,8 @@ Axis convention: every array in gp-engine is indexed ``[x, y, z]`` (x first). On
 - ``.npy`` / ``.npz``: the array as is, ``[x, y, z]``; ``.npz`` is read from key ``spins`` or its
   only array.
 
-All writes are atomic: a temporary file in the target directory is written, then ``os.replace``d.
+All writes are atomic (:mod:`gp_engine.atomic_write`): a temporary file in the target directory is
+written, given the mode a plain ``open()`` would give, then ``os.replace``d; the directory must exist.
 """
 
 from __future__ import annotations
@@ -18,15 +19,13 @@ from __future__ import annotations
 import base64
 import os
 import re
-import tempfile
 import xml.etree.ElementTree as ET
 import zlib
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 
+from .atomic_write import atomic_open
 from .errors import GPEngineError
 
 DUMP_SUFFIXES = (".dump", ".spparks", ".txt")
@@ -64,26 +63,6 @@ def _check_volume(arr: np.ndarray, what: str = "volume") -> np.ndarray:
     if 0 in arr.shape:
         raise GPEngineError(f"{what} is empty (shape {arr.shape})")
     return arr
-
-
-def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Write through ``write(fh)`` into a temp file beside ``path``, then rename it into place."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.exists():
-        raise GPEngineError(f"output directory '{parent}' does not exist: create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
 
 
 # ----------------------------------------------------------------------------------------- readers
@@ -363,13 +342,17 @@ def read_vti(path: str | os.PathLike) -> np.ndarray:
 def write_npy(path: str | os.PathLike, arr: np.ndarray) -> Path:
     """Write ``arr`` ([x, y, z]) as ``.npy``, atomically."""
     arr = _check_volume(arr)
-    return _atomic_write(path, lambda fh: np.save(fh, np.ascontiguousarray(arr), allow_pickle=False))
+    with atomic_open(path, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(arr), allow_pickle=False)
+    return Path(path)
 
 
 def write_npz(path: str | os.PathLike, arr: np.ndarray, name: str = "spins") -> Path:
     """Write ``arr`` ([x, y, z]) as a compressed ``.npz`` holding one array under ``name``, atomically."""
     arr = _check_volume(arr)
-    return _atomic_write(path, lambda fh: np.savez_compressed(fh, **{name: np.ascontiguousarray(arr)}))
+    with atomic_open(path, "wb") as fh:
+        np.savez_compressed(fh, **{name: np.ascontiguousarray(arr)})
+    return Path(path)
 
 
 def write_vti(path: str | os.PathLike, arr: np.ndarray, name: str = "grain_id", *, cell_data: bool = True,
@@ -420,12 +403,11 @@ def write_vti(path: str | os.PathLike, arr: np.ndarray, name: str = "grain_id", 
         "</VTKFile>\n"
     ).encode()
 
-    def write(fh: IO[bytes]) -> None:
+    with atomic_open(path, "wb") as fh:
         fh.write(head)
         fh.write(payload)
         fh.write(tail)
-
-    return _atomic_write(path, write)
+    return Path(path)
 
 
 def write_spparks_dump(path: str | os.PathLike, arr: np.ndarray, timestep: int = 0) -> Path:
@@ -450,14 +432,13 @@ def write_spparks_dump(path: str | os.PathLike, arr: np.ndarray, timestep: int =
         f"ITEM: BOX BOUNDS pp pp pp\n0 {nx}\n0 {ny}\n0 {nz}\nITEM: ATOMS id i1 x y z\n"
     )
 
-    def write(fh: IO[bytes]) -> None:
+    with atomic_open(path, "wb") as fh:
         fh.write(head.encode())
         chunk = 1 << 17
         for s in range(0, n, chunk):
             rows = table[s : s + chunk]
             fh.write((("%d %d %d %d %d\n" * rows.shape[0]) % tuple(rows.ravel().tolist())).encode())
-
-    return _atomic_write(path, write)
+    return Path(path)
 
 
 def write_volume(path: str | os.PathLike, arr: np.ndarray, name: str = "grain_id") -> Path:

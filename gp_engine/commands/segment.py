@@ -9,8 +9,6 @@ is written through a memory-mapped temporary .npy that is renamed into place at 
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -57,23 +55,10 @@ def register(sub):
     return p
 
 
-def _open_output_memmap(path: Path, shape: tuple[int, ...]):
-    """Temporary int32 .npy memmap beside ``path`` (renamed into place by the caller)."""
-    import numpy as np
-
-    from ..errors import GPEngineError
-
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise GPEngineError(f"output directory '{parent}' does not exist: create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npy", dir=parent)
-    os.close(fd)
-    return tmp, np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int32, shape=shape)
-
-
 def run(args) -> int:
     import numpy as np
 
+    from ..atomic_write import atomic_path
     from ..errors import GPEngineError
     from ..segment import segment
     from ..volume_io import read_volume, write_volume
@@ -95,19 +80,13 @@ def run(args) -> int:
                   tile=args.tile, progress=args.progress)
     t0 = time.perf_counter()
     if args.tile is not None and dst.suffix.lower() == ".npy":
-        tmp, out = _open_output_memmap(dst, field.shape)
-        try:
+        # out-of-core: an int32 .npy memmap beside OUT, renamed into place when the labels are done
+        with atomic_path(dst, suffix=".tmp.npy") as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int32, shape=field.shape)
             ids = segment(field, out=out, **kwargs)
             n = int(ids.max())
             out.flush()
             del ids, out
-            os.replace(tmp, dst)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
     else:
         ids = segment(field, **kwargs)
         n = int(ids.max())

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 
@@ -48,6 +46,7 @@ def _table(summary: dict) -> str:
 
 
 def run(args) -> int:
+    from ..atomic_write import atomic_open
     from ..stats import plot_distributions, summarize
     from ..volume_io import read_volume
 
@@ -65,11 +64,9 @@ def run(args) -> int:
             from ..errors import GPEngineError
 
             raise GPEngineError(f"--json: directory '{out.parent}' does not exist: create it first")
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent if str(out.parent) else ".")
-        with os.fdopen(fd, "w") as fh:
+        with atomic_open(out, "w") as fh:
             json.dump(summary, fh, indent=2)
             fh.write("\n")
-        os.replace(tmp, out)
         print(f"wrote {out}", file=sys.stderr)
     if args.plots:
         for p in plot_distributions(gen, ref, args.plots):

@@ -32,9 +32,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
+from ..atomic_write import atomic_open
 from ..errors import GPEngineError
 
 FORMAT = "gp-engine-model"
@@ -45,13 +45,6 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default
 _REQUIRED = ("format", "format_version", "block_size", "schedule", "prediction", "encoding", "onnx",
              "batch_sizes", "precision")
 
-
-
-def _public_mode(path: str) -> None:
-    """mkstemp makes 0600 files; give the output the mode a plain open() would (0666 & ~umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 
 def resolve_model(path: str | os.PathLike | None = None) -> Path:
     """Built model directory for ``path``: None -> the shipped default; a manifest.json -> its folder.
@@ -143,17 +136,9 @@ def write_manifest(model_dir: str | os.PathLike, manifest: dict) -> Path:
     d = Path(model_dir)
     d.mkdir(parents=True, exist_ok=True)
     path = d / MANIFEST_NAME
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".manifest.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(manifest, f, indent=2, sort_keys=False)
-            f.write("\n")
-        _public_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=False)
+        f.write("\n")
     return path
 
 

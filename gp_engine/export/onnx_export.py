@@ -9,7 +9,6 @@ can assert it.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic_write import atomic_path
 from ..errors import GPEngineError
 
 DEFAULT_OPSET = 18
@@ -34,13 +34,6 @@ class ExportWrapper(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.model(x.to(self.dtype), t).float()
 
-
-
-def _public_mode(path: str) -> None:
-    """mkstemp makes 0600 files; give the output the mode a plain open() would (0666 & ~umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, precision: str = "fp32",
                 dynamic_batch: bool = True, batch: int = 1, opset: int = DEFAULT_OPSET,
@@ -62,32 +55,30 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, precision: str = "fp3
     t = torch.full((batch,), 10.0)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".onnx")
-    os.close(fd)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            if exporter == "legacy":
-                axes = {"x": {0: "batch"}, "t": {0: "batch"}, "eps": {0: "batch"}} if dynamic_batch else None
-                torch.onnx.export(wrapper, (x, t), tmp, input_names=["x", "t"], output_names=["eps"],
-                                  opset_version=opset, dynamic_axes=axes, dynamo=False, do_constant_folding=True)
-            elif exporter == "dynamo":
-                shapes = None
-                if dynamic_batch:
-                    b = torch.export.Dim("batch", min=1, max=4096)
-                    shapes = {"x": {0: b}, "t": {0: b}}
-                torch.onnx.export(wrapper, (x, t), tmp, input_names=["x", "t"], output_names=["eps"],
-                                  opset_version=opset, dynamic_shapes=shapes, dynamo=True, verbose=False)
-            else:
-                raise GPEngineError(f"exporter {exporter!r} is unknown; use legacy or dynamo")
-        _inline_external_data(tmp)
-        _public_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        for f in (tmp, tmp + ".data"):
-            if os.path.exists(f):
-                os.unlink(f)
-        raise
+    with atomic_path(path, suffix=".onnx") as tmp_path:
+        tmp = str(tmp_path)
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                if exporter == "legacy":
+                    axes = {"x": {0: "batch"}, "t": {0: "batch"}, "eps": {0: "batch"}} if dynamic_batch else None
+                    torch.onnx.export(wrapper, (x, t), tmp, input_names=["x", "t"], output_names=["eps"],
+                                      opset_version=opset, dynamic_axes=axes, dynamo=False,
+                                      do_constant_folding=True)
+                elif exporter == "dynamo":
+                    shapes = None
+                    if dynamic_batch:
+                        b = torch.export.Dim("batch", min=1, max=4096)
+                        shapes = {"x": {0: b}, "t": {0: b}}
+                    torch.onnx.export(wrapper, (x, t), tmp, input_names=["x", "t"], output_names=["eps"],
+                                      opset_version=opset, dynamic_shapes=shapes, dynamo=True, verbose=False)
+                else:
+                    raise GPEngineError(f"exporter {exporter!r} is unknown; use legacy or dynamo")
+            _inline_external_data(tmp)
+        except BaseException:
+            if os.path.exists(tmp + ".data"):  # the dynamo exporter's side file (atomic_path removes tmp)
+                os.unlink(tmp + ".data")
+            raise
     b = "batch" if dynamic_batch else int(batch)
     return {"file": path.name, "opset": int(opset), "dynamic_batch": bool(dynamic_batch),
             "inputs": {"x": {"shape": [b, 1, block, block, block], "dtype": "float32"},

@@ -9,20 +9,13 @@ and the other backends keep working.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
+from ..atomic_write import atomic_open
 from ..errors import GPEngineError
 
 BLOCK = 32
 
-
-
-def _public_mode(path: str) -> None:
-    """mkstemp makes 0600 files; give the output the mode a plain open() would (0666 & ~umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 
 def tensorrt_status() -> tuple[bool, str]:
     """(available, reason): whether ``import tensorrt`` works and a CUDA device is visible."""
@@ -87,11 +80,8 @@ def build_engines(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, batc
         if serialized is None:
             raise GPEngineError(f"TensorRT failed to build an engine for batch {b}; see the log above")
         path = out_dir / plan_name(b)
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        with atomic_open(path, "wb") as f:
             f.write(bytes(serialized))
-        _public_mode(tmp)
-        os.replace(tmp, path)
         plans[str(b)] = path.name
     return {"plans": plans, "precision": "fp16" if fp16 else "fp32", "version": trt.__version__}
 
