@@ -14,11 +14,8 @@ Writes bench/results/generate.json (or ``--out``). Uses only the shipped model a
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,39 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, for provenance.py
+from provenance import header  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_TARGET_S = 600.0            # README demo: < 10 min on 2 cores
 PAPER_VOXELS_PER_MIN = 25.3e3    # paper: 224³ in 7 h 23 min on 2× A100
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def device_info() -> dict:
-    info = {"cpu": cpu_model(), "cores": os.cpu_count()}
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
-    return info
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def time_evaluations(model_dir, backend: str, batch_size: int, n: int = 5) -> dict:
@@ -121,12 +91,11 @@ def main(argv=None) -> int:
     from gp_engine.runtime import read_model
 
     model_dir, manifest = read_model(a.model)
-    result = {"bench": "generate", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "commit": git_commit(), "device": device_info(), "model": str(model_dir),
-              "model_placeholder": bool(manifest.get("placeholder", False)),
-              "threads": os.environ.get("GP_ENGINE_THREADS", "all cores"),
-              # the box may be shared (other jobs inflate timings): record the load at the start
-              "loadavg_1min_at_start": os.getloadavg()[0]}
+    result = header("generate", model=str(model_dir),
+                    model_placeholder=bool(manifest.get("placeholder", False)),
+                    threads=os.environ.get("GP_ENGINE_THREADS", "all cores"))
+    # the box may be shared (other jobs inflate timings): the load at the start, under its old name too
+    result["loadavg_1min_at_start"] = result["loadavg_1min"]
     result["evaluation"] = [time_evaluations(model_dir, backend, b) for b in sorted({1, bs})]
     for e in result["evaluation"]:
         print(f"{e['backend']}: batch {e['batch_size']}: {e['s_per_eval']:.3f} s per evaluation "

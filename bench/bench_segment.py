@@ -19,10 +19,7 @@ Usage: python bench/bench_segment.py [--quick] [--no-sklearn64]
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -30,6 +27,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, for provenance.py
+from provenance import header, loadavg_1min  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "spparks" / "potts_iso_100_seed1001.npz"
@@ -127,24 +127,6 @@ def sklearn_compare(field: np.ndarray) -> dict:
             "grid_dbscan_s": t_grid, "speedup": t_sk / t_grid, "same_core_and_noise": same}
 
 
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def plot(results: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -197,7 +179,7 @@ def main() -> int:
             del field
             for name, method, tile, ooc in cases:
                 kw = dict(PARAMS) if method == "dbscan" else {"levels": N_LEVELS}
-                load = os.getloadavg()[0]
+                load = loadavg_1min()
                 r = run_case(path, method, tile, ooc, 3 if reps == 1 else 1, kw)
                 vox = (spins.shape[0] * reps) ** 3
                 row = {"case": name, "method": method, "tile": tile, "out_of_core": ooc,
@@ -235,10 +217,7 @@ def main() -> int:
           f"(ratio {worst_cpu / TARGET_VOX_PER_S:.2f}; the machine is shared, see load_avg_1min)")
 
     report = {
-        "benchmark": "segment",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
-        "device": {"cpu": cpu_model(), "cores": os.cpu_count(), "machine": platform.machine()},
+        **header("segment", cuda=False, legacy_keys=True),
         "field": f"levels[spin % {N_LEVELS}] + N(0, {SIGMA}) float32 from {source}, "
                  "tiled periodically",
         "params": {"dbscan": PARAMS, "levels": {"levels": N_LEVELS, "min_size": 5},

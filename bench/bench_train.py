@@ -11,10 +11,9 @@ Baseline: the steering probe in NOTES.md fed an H100 at ~700 blocks/s with a per
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,19 +24,12 @@ from gp_engine.diffusion import linear_schedule
 from gp_engine.train import diffusion_loss, ema_update
 from gp_engine.unet import build_unet, count_parameters, preset_config
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, for provenance.py
+from provenance import header  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data" / "spparks"
 H100_PROBE_BLOCKS_S = 700.0
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def volumes() -> tuple[list, list[str]]:
@@ -163,14 +155,8 @@ def main() -> int:
               f"(x{r['ratio_to_h100_probe']:.2f} vs the {H100_PROBE_BLOCKS_S:.0f} blocks/s probe)")
     else:
         print("CUDA not available: GPU figures skipped")
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = None
-    doc = {"benchmark": "train", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-           "git_commit": commit, "device": {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads,
-                                            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-           "torch": str(torch.__version__), **results}
+    doc = {**header("train", cuda=True, legacy_keys=True), "torch": str(torch.__version__), **results}
+    doc["device"]["threads"] = args.threads
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")

@@ -18,50 +18,30 @@ under bench/plots/quality_<preset>_<cpu|cuda>/ and the generated volumes' mid-pl
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, for provenance.py
+from provenance import device, header  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "spparks"
 VALIDATION_SEEDS = range(1019, 1024)
 PAPER_R10 = {"kl_volume": 0.056, "kl_aspect": 0.0384, "kl_centroid": 0.033}
 KEYS = ("kl_volume", "kl_aspect", "kl_centroid")
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+CUDA_BACKENDS = ("torch-cuda", "tensorrt", "auto")
 
 
 def device_name(backend: str) -> str:
-    if backend in ("torch-cuda", "tensorrt", "auto"):
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                return f"cuda: {torch.cuda.get_device_name(0)}"
-        except ImportError:
-            pass
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu: {cpu} ({os.cpu_count()} cores)"
+    """The device label of the results: ``cuda: <gpu>`` when the backend may use CUDA and torch sees a
+    GPU, else ``cpu: <model> (<n> cores)``."""
+    dev = device(cuda=backend in CUDA_BACKENDS)
+    if dev.get("gpu"):
+        return f"cuda: {dev['gpu']}"
+    return f"cpu: {dev['cpu']} ({dev['cores']} cores)"
 
 
 def floor_figures() -> dict | None:
@@ -98,7 +78,8 @@ def main(argv=None) -> int:
     if missing:
         sys.exit(f"quality_generate: validation volumes missing ({', '.join(missing)}); pass --data DIR")
     model_dir, manifest = read_model(a.model)
-    tag = f"{a.preset}_{'cuda' if device_name(a.backend).startswith('cuda') else 'cpu'}"
+    dev_name = device_name(a.backend)
+    tag = f"{a.preset}_{'cuda' if dev_name.startswith('cuda') else 'cpu'}"
     work = Path(a.work) / tag
     grains, runs = [], []
     for i in range(a.volumes):
@@ -118,8 +99,7 @@ def main(argv=None) -> int:
     refs = [read_volume(q) for q in refs_paths]
     summary, gen, ref = summarize(grains, refs, return_stats=True)
     floor = floor_figures()
-    result = {"bench": "quality_generate", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "commit": git_commit(), "device": device_name(a.backend), "model": manifest.get("name"),
+    result = {**header("quality_generate", cuda=False, device=dev_name), "model": manifest.get("name"),
               "model_placeholder": bool(manifest.get("placeholder", False)), "preset": a.preset,
               "shape": a.shape, "volumes": a.volumes, "reference": [q.name for q in refs_paths],
               "runs": runs, "summary": summary, "floor_spparks_5v5": floor, "paper_table1_r10": PAPER_R10,

@@ -25,10 +25,8 @@ Usage: python bench/roundtrip_fidelity.py [--seeds 1019 1020 ...] [--quick]
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,6 +36,7 @@ from sklearn.metrics import adjusted_rand_score
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # for provenance.py
 
 from gp_engine.encoding import (  # noqa: E402
     DEFAULT_LEVELS,
@@ -50,27 +49,11 @@ from gp_engine.encoding import (  # noqa: E402
 from gp_engine.grains import split_grains  # noqa: E402
 from gp_engine.segment import segment  # noqa: E402
 from gp_engine.stats import concat_stats, grain_stats, kl_divergences  # noqa: E402
+from provenance import cores, cpu_name, header  # noqa: E402
 
 BLOCK = 32
 SIGMAS = (0.02, 0.05)
 LEVELS_EXTRA_SIGMA = 0.07  # levels configs only: generated values sat a median 0.047 from a level
-
-
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = "unknown"
-    return {"device": f"CPU: {cpu}", "cores": os.cpu_count(), "date": dt.datetime.now(dt.timezone.utc).isoformat(),
-            "git_commit": commit}
 
 
 def blocks_of(vol: np.ndarray, block: int = BLOCK) -> list[np.ndarray]:
@@ -256,7 +239,8 @@ def main() -> int:
     print(f"paper baseline (σ=0.02): ARI {baseline['ari']:.3f}, recovered {baseline['recovered_fraction']:.3f}; "
           f"best separable at σ=0.05: ARI {best['ari']:.3f} ({best['ari'] / baseline['ari']:.2f}× the paper's), "
           f"recovered {best['recovered_fraction']:.3f}")
-    result = {**machine(), "benchmark": "roundtrip_fidelity", "data": str(data), "seeds": seeds,
+    result = {**header("roundtrip_fidelity", cuda=False, legacy_keys=True, device=f"CPU: {cpu_name()}",
+                       cores=cores()), "data": str(data), "seeds": seeds,
               "default_levels": DEFAULT_LEVELS, "colour_survey": survey, "results": rows,
               "wall_seconds": time.time() - t0}
     out = Path(args.out)

@@ -14,10 +14,8 @@ bench/results/stats_floor.json. Usage: python bench/stats_floor.py [--data DIR]
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,28 +24,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # for provenance.py
 
 from gp_engine.grains import split_grains  # noqa: E402
 from gp_engine.stats import concat_stats, grain_stats, kl_divergences  # noqa: E402
+from provenance import cores, cpu_name, header  # noqa: E402
 
 PAPER_R10 = {"kl_volume": 0.056, "kl_aspect": 0.0384, "kl_centroid": 0.033}
-
-
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = "unknown"
-    return {"device": f"CPU: {cpu}", "cores": os.cpu_count(), "date": dt.datetime.now(dt.timezone.utc).isoformat(),
-            "git_commit": commit}
 
 
 def main() -> int:
@@ -94,8 +77,7 @@ def main() -> int:
     ratios = {k: main_row[k] / v for k, v in PAPER_R10.items()}
     print("floor (11 vs 12 volumes) / paper r=10: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
     result = {
-        **machine(),
-        "benchmark": "stats_floor",
+        **header("stats_floor", cuda=False, legacy_keys=True, device=f"CPU: {cpu_name()}", cores=cores()),
         "data": str(data),
         "method": "split_grains (26-conn) -> grain_stats -> kl_divergences (Gaussian KDE, Scott bandwidth, "
                   "grid 1024 (1D) / 128x128 (2D) over both samples + 3 kernel widths, eps 1e-10)",
