@@ -114,7 +114,7 @@ def sampler_params(sampler) -> SimpleNamespace:
         resample = get("r", 0)
     return SimpleNamespace(steps=int(get("steps")), resample=int(resample),
                            jump=int(get("jump", 1) or 1), tail=int(get("tail", 0) or 0),
-                           clip_x0=bool(get("clip_x0", False)))
+                           clip_x0=bool(get("clip_x0", True)))
 
 
 def _as_dict(obj):

@@ -74,6 +74,7 @@ class SamplerConfig:
     resample: int
     jump: int
     tail: int
+    clip_x0: bool = True
 
     @property
     def no_resample_tail(self) -> int:
@@ -135,6 +136,7 @@ class PlanConfig:
                 "resample": self.sampler.resample,
                 "jump": self.sampler.jump,
                 "no_resample_tail": self.sampler.tail,
+                "clip_x0": self.sampler.clip_x0,
             },
             "plan": {"kind": self.plan_kind},
             "batch_size": self.batch_size,
@@ -247,7 +249,7 @@ def _geometry(where: str, value: Any) -> GeometryConfig:
 def _sampler(where: str, value: Any) -> SamplerConfig:
     example = '"sampler": {"preset": "paper", "resample": 10}'
     obj = _as_object(where, "sampler", value, example)
-    _check_keys(where, "sampler", obj, ("preset", "steps", "resample", "jump", "no_resample_tail"))
+    _check_keys(where, "sampler", obj, ("preset", "steps", "resample", "jump", "no_resample_tail", "clip_x0"))
     preset = _as_choice(where, "sampler.preset", obj.get("preset", "paper"),
                         tuple(SAMPLER_PRESETS), '"sampler": {"preset": "fast"}')
     s = dict(SAMPLER_PRESETS[preset])
@@ -274,7 +276,10 @@ def _sampler(where: str, value: Any) -> SamplerConfig:
     if s["jump"] > s["steps"] - 1:
         raise _bad(where, "sampler.jump", s["jump"], f"must be less than steps ({s['steps']})",
                    '"sampler": {"jump": 1}')
-    return SamplerConfig(preset, s["steps"], s["resample"], s["jump"], s["tail"])
+    clip = obj.get("clip_x0", True)
+    if not isinstance(clip, bool):
+        raise _bad(where, "sampler.clip_x0", clip, "must be true or false", '"sampler": {"clip_x0": true}')
+    return SamplerConfig(preset, s["steps"], s["resample"], s["jump"], s["tail"], clip)
 
 
 def _segmentation(where: str, value: Any) -> SegmentationConfig:

@@ -33,6 +33,7 @@ def test_minimal_plan_takes_documented_defaults(tmp_path):
     paper = SAMPLER_PRESETS["paper"]
     assert (plan.sampler.preset, plan.sampler.steps, plan.sampler.resample, plan.sampler.jump,
             plan.sampler.tail) == ("paper", paper["steps"], paper["resample"], paper["jump"], paper["tail"])
+    assert plan.sampler.clip_x0 is True
     assert plan.plan_kind == "grid"
     assert plan.batch_size == DEFAULTS["batch_size"] and plan.backend == "auto" and plan.seed == 0
     assert plan.segmentation.method == "auto" and plan.segmentation.eps == 1.9
@@ -73,14 +74,14 @@ def test_relative_paths_resolve_against_the_plan_file(tmp_path, monkeypatch):
 
 
 def test_to_dict_round_trips(tmp_path):
-    plan = load_plan(_with(sampler={"preset": "fast", "steps": 40}, plan={"kind": "center"},
+    plan = load_plan(_with(sampler={"preset": "fast", "steps": 40, "clip_x0": False}, plan={"kind": "center"},
                            reference=["r.npz"], seed=7, outputs={"formats": ["npy", "npy", "field"]}),
                      base_dir=tmp_path)
     assert plan.outputs.formats == ("npy", "field")  # duplicates dropped, order kept
     d = plan.to_dict()
     json.dumps(d)  # JSON-able
     again = load_plan(d)
-    assert again == plan
+    assert again == plan and again.sampler.clip_x0 is False
 
 
 @pytest.mark.parametrize("changes, path, allowed", [
@@ -96,6 +97,7 @@ def test_to_dict_round_trips(tmp_path):
     ({"sampler__steps": 1}, "sampler.steps", "≥ 2"),
     ({"sampler__jump": 0}, "sampler.jump", "≥ 1"),
     ({"sampler__no_resample_tail": 250}, "sampler.no_resample_tail", "less than steps"),
+    ({"sampler__clip_x0": "yes"}, "sampler.clip_x0", "true or false"),
     ({"backend": "tensort"}, "backend", "did you mean \"tensorrt\""),
     ({"plan__kind": "spiral"}, "plan.kind", '"center"'),
     ({"outputs__formats": ["npy", "tiff"]}, "outputs.formats[1]", '"spparks"'),
