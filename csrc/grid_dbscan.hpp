@@ -90,8 +90,9 @@ inline bool all_finite(const T* v, int64_t n) {
     return true;
 }
 
-// Root of p with path halving; the int32 array holds parents (root: parent == self).
-inline int32_t find_root(int32_t* parent, int32_t p) {
+// Root of p with path halving over a parent array (root: parent == self); int32 labels or int64 ids.
+template <typename I>
+inline I uf_root(I* parent, I p) {
     while (parent[p] != p) {
         parent[p] = parent[parent[p]];
         p = parent[p];
@@ -155,13 +156,13 @@ int32_t grid_dbscan(const T* v, const Shape3& s, double eps, int min_samples, do
     for (int64_t p = 0; p < n; ++p) {
         unsigned m = edges[p];
         if (!core[p] || !m) continue;
-        int32_t rp = find_root(labels, int32_t(p));
+        int32_t rp = uf_root(labels, int32_t(p));
         while (m) {
             const int k = __builtin_ctz(m);
             m &= m - 1;
             const int64_t q = p + off[k];
             if (!core[q] || labels[q] == rp) continue;
-            const int32_t rq = find_root(labels, int32_t(q));
+            const int32_t rq = uf_root(labels, int32_t(q));
             if (rq == rp) continue;
             if (rq < rp) {
                 labels[rp] = rq;
@@ -293,20 +294,13 @@ inline int64_t fill_noise(int32_t* L, const Shape3& s, int64_t max_iter, bool al
 
 // ---- union-find over tile-local provisional labels (int64 parents, root = smallest) ----
 
-inline int64_t uf_find(int64_t* parent, int64_t p) {
-    while (parent[p] != p) {
-        parent[p] = parent[parent[p]];
-        p = parent[p];
-    }
-    return p;
-}
 
 inline void uf_union_pairs(int64_t* parent, int64_t n, const int64_t* a, const int64_t* b,
                            int64_t m) {
     for (int64_t i = 0; i < m; ++i) {
         if (a[i] < 0 || a[i] >= n || b[i] < 0 || b[i] >= n)
             throw std::out_of_range("union-find label out of range");
-        int64_t ra = uf_find(parent, a[i]), rb = uf_find(parent, b[i]);
+        int64_t ra = uf_root(parent, int64_t(a[i])), rb = uf_root(parent, int64_t(b[i]));
         if (ra == rb) continue;
         if (ra < rb) parent[rb] = ra; else parent[ra] = rb;
     }

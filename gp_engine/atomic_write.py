@@ -72,4 +72,19 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", suffix: str = ".tmp",
             yield fh
 
 
-__all__ = ["atomic_path", "atomic_open"]
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: float | None = None) -> Path:
+    """Save a matplotlib figure to ``path`` (PNG) atomically and close it, even on error."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        with atomic_path(path, suffix=".tmp.png") as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)
+    return path
+
+
+__all__ = ["atomic_path", "atomic_open", "save_figure"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic_write import atomic_path
+from .atomic_write import save_figure
 from .canvas import write_json_atomic
 
 #: output format -> file name(s) written for it
@@ -83,12 +83,7 @@ def write_slices_png(path: Path, grain_ids: np.ndarray, field: np.ndarray) -> Pa
             ax.set_yticks([])
     fig.colorbar(im, ax=axes[1, :], shrink=0.8, label="field value")
     fig.suptitle(f"{int(np.max(grain_ids)) if grain_ids.size else 0} grains, shape {grain_ids.shape}")
-    try:
-        with atomic_path(path, suffix=".tmp.png") as tmp:
-            fig.savefig(tmp, dpi=100)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def write_results(out_dir: Path, field: np.ndarray, grain_ids: np.ndarray, formats,

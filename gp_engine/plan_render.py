@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .atomic_write import atomic_path
+from .atomic_write import save_figure
 from .planner import BLOCK, Block
 
 
@@ -94,9 +94,4 @@ def draw_plan(blocks: Sequence[Block], canvas: Sequence[int], batches: Sequence[
 
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with atomic_path(out, suffix=".tmp.png") as tmp:
-            fig.savefig(tmp, dpi=90)
-    finally:
-        plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=90)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic_write import atomic_path
+from .atomic_write import save_figure
 from .errors import GPEngineError
 
 GRID_1D = 2048
@@ -279,12 +279,6 @@ def summarize(ids_list: Sequence[np.ndarray], ref_list: Sequence[np.ndarray] | N
     return (out, gen, ref) if return_stats else out
 
 
-def _save_figure(fig, path: Path) -> Path:
-    with atomic_path(path, suffix=".tmp.png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    return path
-
-
 def plot_distributions(gen: dict[str, np.ndarray], ref: dict[str, np.ndarray] | None, out_dir: str | os.PathLike,
                        labels: tuple[str, str] = ("generated", "reference")) -> list[Path]:
     """PNG overlays of generated vs reference: ``volume.png``, ``centroid_distance.png``, ``aspect.png``."""
@@ -313,8 +307,7 @@ def plot_distributions(gen: dict[str, np.ndarray], ref: dict[str, np.ndarray] | 
         ax.set_ylabel("density")
         ax.legend()
         fig.tight_layout()
-        written.append(_save_figure(fig, out_dir / fname))
-        plt.close(fig)
+        written.append(save_figure(fig, out_dir / fname, dpi=110))
     fig, ax = plt.subplots(figsize=(5.5, 5))
     axes = [np.linspace(0.0, 1.0, 101)] * 2
     handles = []
@@ -333,8 +326,7 @@ def plot_distributions(gen: dict[str, np.ndarray], ref: dict[str, np.ndarray] | 
     ax.set_title("aspect ratios (KDE contours at 10–90 % of the peak)")
     ax.legend(handles=handles, loc="upper left")
     fig.tight_layout()
-    written.append(_save_figure(fig, out_dir / "aspect.png"))
-    plt.close(fig)
+    written.append(save_figure(fig, out_dir / "aspect.png", dpi=110))
     return written
 
 

@@ -16,10 +16,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .atomic_write import atomic_path
+from .atomic_write import save_figure
 from .blocks import BlockSource, list_volume_files, load_volume, split_train_val
 from .checkpoint import load_checkpoint, save_checkpoint
 from .diffusion import Schedule, linear_schedule
@@ -132,12 +131,7 @@ def plot_loss_curve(history: dict, path: str | os.PathLike, title: str = "") -> 
     ax.legend()
     ax.grid(alpha=0.3)
     fig.subplots_adjust(left=0.16, right=0.97, top=0.9, bottom=0.13)
-    try:
-        with atomic_path(path, suffix=".tmp.png") as tmp:
-            fig.savefig(tmp)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def loss_curve_path(out: str | os.PathLike) -> Path:

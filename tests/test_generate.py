@@ -152,22 +152,6 @@ def test_nan_in_network_output_names_block():
 # ------------------------------------------------------------------ end to end (CLI)
 
 
-def _e2e_ready():
-    try:
-        import gp_engine.planner  # noqa: F401
-        import gp_engine.plan_config  # noqa: F401
-        import gp_engine.segment  # noqa: F401
-        import gp_engine.stats  # noqa: F401
-        import gp_engine.volume_io  # noqa: F401
-        import onnx  # noqa: F401
-    except ImportError as exc:
-        return str(exc)
-    return ""
-
-
-needs_e2e = pytest.mark.skipif(bool(_e2e_ready()), reason=f"missing module: {_e2e_ready()}")
-
-
 def write_plan(tmp_path: Path) -> Path:
     from test_runtime import make_model_dir
 
@@ -187,7 +171,6 @@ def cli(*args, env=None):
                           capture_output=True, text=True, env=env, timeout=120)
 
 
-@needs_e2e
 def test_generate_end_to_end_with_kill_and_resume(tmp_path):
     from gp_engine.generate import generate
 

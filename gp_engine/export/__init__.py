@@ -10,7 +10,6 @@ Importing this package imports no torch (``build_model`` imports it when called)
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 
