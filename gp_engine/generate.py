@@ -156,6 +156,36 @@ def plan_blocks(plan_kind: str, shape, block: int):
     raise GPEngineError(f"plan kind {plan_kind!r} is unknown; use 'grid' or 'center'")
 
 
+def built_model_for(model, out_dir: Path, progress: bool = True):
+    """The plan's model as a built model directory: a trainer checkpoint (``*.pt``) is built
+    (ONNX + manifest, needs torch) into ``OUT/model/`` once and reused while the checkpoint's
+    bytes are unchanged (so ``--resume`` sees the same model); anything else is returned as is."""
+    if model is None or Path(model).suffix != ".pt" or not Path(model).is_file():
+        return model
+    from .export.manifest import sha256_file, write_manifest
+
+    ckpt = Path(model)
+    digest = sha256_file(ckpt)
+    target = Path(out_dir) / "model"
+    manifest_path = target / "manifest.json"
+    if manifest_path.is_file():
+        try:
+            if json.loads(manifest_path.read_text()).get("built_from_sha256") == digest:
+                return target
+        except (OSError, ValueError):
+            pass
+    try:
+        from .export import build_model
+    except ImportError as exc:
+        raise GPEngineError(f"{ckpt} is a trainer checkpoint; building it needs torch ({exc}). Install "
+                            "torch, or run 'gp-engine build' where it is and give the plan that directory") from None
+    log = print if progress else (lambda *a, **k: None)
+    log(f"gp-engine generate: building {ckpt} into {target} (ONNX + manifest)")
+    manifest = build_model(ckpt, target, batch_sizes=[1, 8, 16], log=log)
+    write_manifest(target, {**manifest, "built_from": str(ckpt.resolve()), "built_from_sha256": digest})
+    return target
+
+
 #: above this many voxels the field stays on disk and is segmented out of core in tiles
 IN_RAM_VOXELS = 256 ** 3
 
@@ -217,7 +247,7 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
         if existing or Canvas.path(out).exists():
             raise GPEngineError(f"{out} already holds outputs ({', '.join(p.name for p in existing) or 'canvas/'}); "
                                 "pass --force to overwrite, --resume to continue, or another --out")
-    model_dir, manifest = read_model(getattr(plan, "model", None))
+    model_dir, manifest = read_model(built_model_for(getattr(plan, "model", None), out, progress))
     block = int(manifest.get("block_size", 32))
     B = int(batch_size or getattr(plan, "batch_size", None) or 1)
     sp = sampler_params(plan.sampler)

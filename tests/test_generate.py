@@ -239,3 +239,27 @@ def test_shipped_model_same_voxels_for_any_batch_size_and_thread_count(tmp_path,
     assert np.isfinite(f1).all() and f1.std() > 0.05
     np.testing.assert_array_equal(f1, f4)
     np.testing.assert_array_equal(g1, g4)
+
+
+def test_plan_may_name_a_trainer_checkpoint(tmp_path):
+    """model = model.pt: built once into OUT/model/ and giving the same voxels as the built model."""
+    from gp_engine.export.manifest import DEFAULT_MODEL_DIR
+    from gp_engine.generate import generate
+
+    def run(model, name):
+        out = tmp_path / name
+        plan = {"version": 1, "geometry": {"shape": [36, 32, 32]}, "model": model,
+                "sampler": {"preset": "fast", "steps": 6, "resample": 1}, "backend": "onnxruntime",
+                "seed": 2, "outputs": {"dir": str(out), "formats": ["npy"]}}
+        generate(plan, out_dir=out, force=True, progress=False)
+        return out
+
+    ref = run(None, "shipped")
+    ckpt = DEFAULT_MODEL_DIR / "model.pt"
+    got = run(str(ckpt), "from_pt")
+    manifest = json.loads((got / "model" / "manifest.json").read_text())
+    assert manifest["built_from_sha256"] and (got / "model" / "model.onnx").is_file()
+    np.testing.assert_allclose(np.load(got / "field.npy"), np.load(ref / "field.npy"), rtol=0, atol=1e-4)
+    onnx_mtime = (got / "model" / "model.onnx").stat().st_mtime_ns
+    run(str(ckpt), "from_pt")  # unchanged checkpoint: the build is reused
+    assert (got / "model" / "model.onnx").stat().st_mtime_ns == onnx_mtime
