@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, for provenance.py
+from stats_floor import PAPER_R10  # noqa: E402  (the paper's Table 1, one definition)
 from provenance import device, header  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "spparks"
 VALIDATION_SEEDS = range(1019, 1024)
-PAPER_R10 = {"kl_volume": 0.056, "kl_aspect": 0.0384, "kl_centroid": 0.033}
 KEYS = ("kl_volume", "kl_aspect", "kl_centroid")
 CUDA_BACKENDS = ("torch-cuda", "tensorrt", "auto")
 
@@ -80,7 +80,10 @@ def main(argv=None) -> int:
     model_dir, manifest = read_model(a.model)
     dev_name = device_name(a.backend)
     tag = f"{a.preset}_{'cuda' if dev_name.startswith('cuda') else 'cpu'}"
-    work = Path(a.work) / tag
+    from gp_engine.generate import model_id
+
+    # runs are reused only for the same model, box and preset (a rebuilt model never reads old volumes)
+    work = Path(a.work) / f"{tag}_{'x'.join(map(str, a.shape))}_{model_id(model_dir, manifest)}"
     grains, runs = [], []
     for i in range(a.volumes):
         out = work / f"seed{i}"

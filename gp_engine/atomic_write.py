@@ -72,8 +72,6 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", suffix: str = ".tmp",
             yield fh
 
 
-
-
 def save_figure(fig: Any, path: str | os.PathLike, dpi: float | None = None) -> Path:
     """Save a matplotlib figure to ``path`` (PNG) atomically and close it, even on error."""
     import matplotlib.pyplot as plt

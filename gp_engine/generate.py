@@ -156,7 +156,7 @@ def plan_blocks(plan_kind: str, shape, block: int):
     raise GPEngineError(f"plan kind {plan_kind!r} is unknown; use 'grid' or 'center'")
 
 
-def built_model_for(model, out_dir: Path, progress: bool = True):
+def built_model_for(model, out_dir: Path, batch_size: int = 1, progress: bool = True):
     """The plan's model as a built model directory: a trainer checkpoint (``*.pt``) is built
     (ONNX + manifest, needs torch) into ``OUT/model/`` once and reused while the checkpoint's
     bytes are unchanged (so ``--resume`` sees the same model); anything else is returned as is."""
@@ -181,7 +181,7 @@ def built_model_for(model, out_dir: Path, progress: bool = True):
                             "torch, or run 'gp-engine build' where it is and give the plan that directory") from None
     log = print if progress else (lambda *a, **k: None)
     log(f"gp-engine generate: building {ckpt} into {target} (ONNX + manifest)")
-    manifest = build_model(ckpt, target, batch_sizes=[1, 8, 16], log=log)
+    manifest = build_model(ckpt, target, batch_sizes=sorted({1, int(batch_size)}), log=log)
     write_manifest(target, {**manifest, "built_from": str(ckpt.resolve()), "built_from_sha256": digest})
     return target
 
@@ -247,9 +247,9 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
         if existing or Canvas.path(out).exists():
             raise GPEngineError(f"{out} already holds outputs ({', '.join(p.name for p in existing) or 'canvas/'}); "
                                 "pass --force to overwrite, --resume to continue, or another --out")
-    model_dir, manifest = read_model(built_model_for(getattr(plan, "model", None), out, progress))
-    block = int(manifest.get("block_size", 32))
     B = int(batch_size or getattr(plan, "batch_size", None) or 1)
+    model_dir, manifest = read_model(built_model_for(getattr(plan, "model", None), out, B, progress))
+    block = int(manifest.get("block_size", 32))
     sp = sampler_params(plan.sampler)
     setup = repaint.make_setup(Schedule.from_dict(manifest["schedule"]), sp, clip_x0=sp.clip_x0)
     blocks = plan_blocks(getattr(plan, "plan_kind", "grid"), shape, block)
