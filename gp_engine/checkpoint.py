@@ -6,7 +6,9 @@ Layout (format_version 1)::
     format_version  1
     config          U-Net config dict (gp_engine.unet)
     schedule        Schedule.to_dict()
-    prediction      "eps"
+    prediction      what the network predicts: "eps" | "x0" | "v" (gp_engine.parameterization)
+    objective       {"loss": "mse"|"l1", "weighting": "uniform"|"min-snr", "gamma", "crop"} (absent in
+                    older checkpoints: mse, uniform, 32)
     encoding        {"kind": "separable"|"paper", "levels": K or None}
     ema             EMA state_dict (the weights that are exported by default)
     model           raw model state_dict (None in an EMA-only export copy)
@@ -75,7 +77,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", weights: str = "ema"
                ) -> tuple[torch.nn.Module, dict]:
-    """(U-Net in eval mode on ``device`` with the EMA (or raw ``"model"``) weights, checkpoint dict)."""
+    """(ε-predicting module in eval mode on ``device`` with the EMA (or raw ``"model"``) weights, checkpoint).
+
+    A network trained on x₀ or v comes wrapped in :class:`gp_engine.parameterization.EpsAdapter`, so
+    what the exporter and the torch backend run always outputs ε.
+    """
+    from .diffusion import Schedule
+    from .parameterization import EpsAdapter, check_target
     from .unet import build_unet
 
     ckpt = load_checkpoint(path)
@@ -86,6 +94,14 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", weig
         model.load_state_dict(ckpt[weights])
     except RuntimeError as exc:
         raise GPEngineError(f"{path}: weights do not match the stored U-Net config ({exc}); the file is corrupt") from None
+    target = ckpt.get("prediction", "eps")
+    try:
+        check_target(target)
+    except GPEngineError:
+        raise GPEngineError(f"{path}: prediction {target!r} is unknown to this gp-engine (eps, x0, v); "
+                            "upgrade gp-engine") from None
+    if target != "eps":
+        model = EpsAdapter(model, target, Schedule.from_dict(ckpt["schedule"]).alphas_cumprod)
     return model.to(device).eval(), ckpt
 
 

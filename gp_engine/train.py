@@ -1,4 +1,7 @@
-"""Slim DDPM trainer: ε-prediction on 32³ blocks drawn by :mod:`gp_engine.blocks`.
+"""Slim DDPM trainer on 32³ (or smaller, for the fully convolutional net) blocks from :mod:`gp_engine.blocks`.
+
+The network predicts ε, x₀ or v with uniform or Min-SNR-γ loss weighting
+(:mod:`gp_engine.parameterization`, one definition shared with the exporter).
 
 AdamW, EMA weights (exported by default), gradient clipping, bf16 autocast on CUDA (fp16 + GradScaler as
 an option), periodic atomic checkpoints that ``resume`` continues exactly (weights, optimizer, EMA, step,
@@ -23,6 +26,7 @@ from .blocks import BlockSource, list_volume_files, load_volume, split_train_val
 from .checkpoint import load_checkpoint, save_checkpoint
 from .diffusion import Schedule, linear_schedule
 from .errors import GPEngineError
+from .parameterization import DEFAULT_GAMMA, check_target, check_weighting, loss_weight, training_target
 from .unet import build_unet, count_parameters, preset_config
 
 
@@ -42,6 +46,10 @@ class TrainOptions:
     lr: float = 2e-4
     weight_decay: float = 0.01
     loss: str = "mse"                  # mse | l1
+    target: str = "eps"                # what the network predicts: eps | x0 | v
+    weighting: str = "uniform"         # loss weighting over timesteps: uniform | min-snr
+    gamma: float = DEFAULT_GAMMA       # Min-SNR γ
+    crop: int = 32                     # training crop side (the net is fully convolutional; inference: 32)
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     T: int = 250
@@ -54,6 +62,7 @@ class TrainOptions:
     checkpoint_every: int = 500
     log_every: int = 10
     time_limit_min: float | None = None
+    cpu_time_limit_min: float | None = None   # stop after this much process CPU time (fair budgets on a shared machine)
     seed: int = 0
     resume: bool = False
     force: bool = False
@@ -83,14 +92,27 @@ def pick_precision(name: str, device: torch.device) -> str:
 
 
 def diffusion_loss(model: torch.nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                   sqrt_ab: torch.Tensor, sqrt_1mab: torch.Tensor, kind: str = "mse") -> torch.Tensor:
-    """ε-prediction loss at timesteps ``t``: x_t = √ᾱ x0 + √(1-ᾱ) ε, loss(model(x_t, t), ε)."""
+                   sqrt_ab: torch.Tensor, sqrt_1mab: torch.Tensor, kind: str = "mse", target: str = "eps",
+                   weighting: str = "uniform", gamma: float = DEFAULT_GAMMA,
+                   return_common: bool = False):
+    """Loss at timesteps ``t``: x_t = √ᾱ x0 + √(1-ᾱ) ε, per-sample loss(model(x_t, t), target) × weight.
+
+    ``return_common`` also returns a figure comparable across targets and weightings: the error of the
+    implied x̂₀ weighted by min(SNR, 5), i.e. the Min-SNR-5 MSE (ε-MSE would be dominated by the
+    lowest timesteps for an x₀ model, x₀-MSE by the highest for an ε model).
+    """
+    a, s = sqrt_ab[t], sqrt_1mab[t]
     shape = (-1,) + (1,) * (x0.dim() - 1)
-    xt = sqrt_ab[t].view(shape) * x0 + sqrt_1mab[t].view(shape) * noise
-    pred = model(xt, t.float())
-    if kind == "l1":
-        return torch.nn.functional.l1_loss(pred.float(), noise)
-    return torch.nn.functional.mse_loss(pred.float(), noise)
+    xt = a.view(shape) * x0 + s.view(shape) * noise
+    pred = model(xt, t.float()).float()
+    want = training_target(target, x0, noise, a, s)
+    err = (pred - want).abs() if kind == "l1" else (pred - want) ** 2
+    per_sample = err.flatten(1).mean(dim=1)
+    loss = (per_sample * loss_weight(weighting, target, a, s, gamma)).mean()
+    if not return_common:
+        return loss
+    mse = ((pred.detach() - want) ** 2).flatten(1).mean(dim=1)
+    return loss, (mse * loss_weight("min-snr", target, a, s, 5.0)).mean()
 
 
 @torch.no_grad()
@@ -151,17 +173,20 @@ class _Validator:
         self.batch = batch
 
     @torch.no_grad()
-    def __call__(self, model, sqrt_ab, sqrt_1mab, kind, autocast) -> float:
-        total, n = 0.0, self.x0.shape[0]
+    def __call__(self, model, sqrt_ab, sqrt_1mab, autocast, **loss_opts) -> tuple[float, float]:
+        """(training objective, min(SNR, 5)-weighted x̂₀ MSE) on the fixed blocks."""
+        total, total_eps, n = 0.0, 0.0, self.x0.shape[0]
         for i in range(0, n, self.batch):
             sl = slice(i, i + self.batch)
             with autocast():
-                loss = diffusion_loss(model, self.x0[sl], self.t[sl], self.noise[sl], sqrt_ab, sqrt_1mab, kind)
+                loss, common = diffusion_loss(model, self.x0[sl], self.t[sl], self.noise[sl], sqrt_ab,
+                                              sqrt_1mab, return_common=True, **loss_opts)
             total += float(loss) * self.x0[sl].shape[0]
-        return total / n
+            total_eps += float(common) * self.x0[sl].shape[0]
+        return total / n, total_eps / n
 
 
-def _load_sources(opts: TrainOptions, device: torch.device, encoding: dict, resumed: dict | None):
+def _load_sources(opts: TrainOptions, device: torch.device, encoding: dict, resumed: dict | None, crop: int):
     if resumed is not None:
         train_files = [Path(p) for p in resumed["training"]["train_files"]]
         val_files = [Path(p) for p in resumed["training"]["val_files"]]
@@ -174,20 +199,24 @@ def _load_sources(opts: TrainOptions, device: torch.device, encoding: dict, resu
             raise GPEngineError("no training data given; use --data DIR (volume files: .npz/.npy/.vti/SPPARKS dump)")
         train_files, val_files = split_train_val(list_volume_files(opts.data), opts.val_pattern)
     kind, levels = encoding["kind"], encoding.get("levels")
-    train_src = BlockSource([load_volume(p) for p in train_files], kind, levels, device)
+    train_vols = [load_volume(p) for p in train_files]
+    train_src = BlockSource(train_vols, kind, levels, device, block=crop)
+    # validation always on 32³ blocks (what the sampler runs), whatever the training crop
     val_src = BlockSource([load_volume(p) for p in val_files], kind, levels, device) if val_files else None
     return train_files, val_files, train_src, val_src
 
 
 def train(opts: TrainOptions) -> dict:
     """Train (or resume) and write ``opts.out``; returns the training metadata dict."""
-    t_start = time.time()
+    t_start, cpu_start = time.time(), time.process_time()
     if opts.threads:
         torch.set_num_threads(int(opts.threads))
     if opts.steps < 1 or opts.batch_size < 1:
         raise GPEngineError(f"--steps and --batch-size must be >= 1, got {opts.steps}, {opts.batch_size}")
     if opts.loss not in ("mse", "l1"):
         raise GPEngineError(f"--loss {opts.loss!r} is unknown; use mse or l1")
+    if opts.crop not in (16, 32):
+        raise GPEngineError(f"--crop {opts.crop} is not supported; use 16 or 32")
     out = Path(opts.out)
     device = pick_device(opts.device)
     precision = pick_precision(opts.precision, device)
@@ -203,7 +232,13 @@ def train(opts: TrainOptions) -> dict:
     if resumed is not None:
         config, schedule_d, encoding = resumed["config"], resumed["schedule"], resumed["encoding"]
         schedule = Schedule.from_dict(schedule_d)
+        target = check_target(resumed.get("prediction", "eps"))
+        objective = resumed.get("objective") or {"loss": opts.loss, "weighting": "uniform",
+                                                 "gamma": DEFAULT_GAMMA, "crop": 32}
     else:
+        target = check_target(opts.target)
+        objective = {"loss": opts.loss, "weighting": check_weighting(opts.weighting),
+                     "gamma": float(opts.gamma), "crop": int(opts.crop)}
         config = preset_config(opts.preset)
         schedule = linear_schedule(opts.T, opts.beta_start, opts.beta_end)
         schedule_d = schedule.to_dict()
@@ -212,7 +247,10 @@ def train(opts: TrainOptions) -> dict:
             from .blocks import default_levels
             encoding["levels"] = int(opts.levels or default_levels())
 
-    train_files, val_files, src, val_src = _load_sources(opts, device, encoding, resumed)
+    train_files, val_files, src, val_src = _load_sources(opts, device, encoding, resumed,
+                                                            int(objective.get("crop", 32)))
+    loss_opts = {"kind": objective["loss"], "target": target, "weighting": objective["weighting"],
+                 "gamma": float(objective["gamma"])}
 
     torch.manual_seed(opts.seed)  # weight init
     model = build_unet(config).to(device)
@@ -220,8 +258,8 @@ def train(opts: TrainOptions) -> dict:
     optim = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     gen = torch.Generator(device=device).manual_seed(opts.seed)
-    step, samples, wall_before = 0, 0, 0.0
-    history: dict = {"train": [], "val": []}
+    step, samples, wall_before, cpu_before = 0, 0, 0.0, 0.0
+    history: dict = {"train": [], "val": [], "val_x0w": []}
     if resumed is not None:
         model.load_state_dict(resumed["model"])
         ema.load_state_dict(resumed["ema"])
@@ -232,7 +270,8 @@ def train(opts: TrainOptions) -> dict:
         step = int(resumed["step"])
         meta = resumed["training"]
         samples, wall_before = int(meta["samples_seen"]), float(meta["wall_time_s"])
-        history = meta.get("history") or history
+        cpu_before = float(meta.get("cpu_time_s", meta["wall_time_s"]))
+        history = {**history, **(meta.get("history") or {})}
 
     ab = torch.tensor(schedule.alphas_cumprod, dtype=torch.float32, device=device)
     sqrt_ab, sqrt_1mab = ab.sqrt(), (1.0 - ab).sqrt()
@@ -251,8 +290,10 @@ def train(opts: TrainOptions) -> dict:
         return {
             "train_files": [str(p) for p in train_files], "val_files": [str(p) for p in val_files],
             "steps": step, "samples_seen": samples, "batch_size": opts.batch_size,
-            "wall_time_s": wall_before + (time.time() - t_start), "device": _device_name(device),
+            "wall_time_s": wall_before + (time.time() - t_start),
+            "cpu_time_s": cpu_before + (time.process_time() - cpu_start), "device": _device_name(device),
             "precision": precision, "final_train_loss": last_train, "final_val_loss": last_val,
+            "final_val_x0w": history["val_x0w"][-1][1] if history["val_x0w"] else None,
             "parameters": count_parameters(model), "colour_conflicts": src.conflicts,
             "history": history, "options": run_opts, "torch": str(torch.__version__),
         }
@@ -261,7 +302,8 @@ def train(opts: TrainOptions) -> dict:
 
     def checkpoint(last_train, last_val, final: bool = False) -> None:
         save_checkpoint(out, {
-            "config": config, "schedule": schedule_d, "prediction": "eps", "encoding": encoding,
+            "config": config, "schedule": schedule_d, "prediction": target, "objective": objective,
+            "encoding": encoding,
             "ema": ema.state_dict(), "model": model.state_dict(), "optimizer": optim.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
             "rng": {"generator": gen.get_state(), "device": device.type}, "step": step,
@@ -269,7 +311,7 @@ def train(opts: TrainOptions) -> dict:
         })
         if final or time.time() - last_plot[0] > 120:  # plotting costs ~1 s: not at every checkpoint
             plot_loss_curve(history, loss_curve_path(out), f"{config.get('preset')} {encoding['kind']} "
-                                                             f"{step} steps, {samples} blocks")
+                                                             f"{target} {step} steps, {samples} blocks")
             last_plot[0] = time.time()
 
     last_train = history["train"][-1][1] if history["train"] else None
@@ -280,13 +322,14 @@ def train(opts: TrainOptions) -> dict:
                disable=not opts.progress, file=sys.stderr, dynamic_ncols=True)
     window, t_window, n_window = torch.zeros((), device=device), time.time(), 0
     stopped_by_time = False
+    cpu_start = time.process_time()  # the CPU budget buys training steps, not data loading
     model.train()
     while step < opts.steps:
         x0 = src.sample(opts.batch_size, gen, opts.random_fraction)
         t = torch.randint(0, schedule.T, (opts.batch_size,), device=device, generator=gen)
         noise = torch.randn(x0.shape, device=device, generator=gen)
         with autocast():
-            loss = diffusion_loss(fwd, x0, t, noise, sqrt_ab, sqrt_1mab, opts.loss)
+            loss = diffusion_loss(fwd, x0, t, noise, sqrt_ab, sqrt_1mab, **loss_opts)
         optim.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -316,17 +359,23 @@ def train(opts: TrainOptions) -> dict:
             window, t_window, n_window = torch.zeros((), device=device), time.time(), 0
         bar.update(1)
         if validator is not None and (step % opts.val_every == 0 or step == opts.steps):
-            last_val = validator(ema, sqrt_ab, sqrt_1mab, opts.loss, autocast)
+            last_val, val_x0w = validator(ema, sqrt_ab, sqrt_1mab, autocast, **loss_opts)
             history["val"].append([step, last_val])
+            history["val_x0w"].append([step, val_x0w])
         if opts.time_limit_min is not None and time.time() - t_start > 60.0 * opts.time_limit_min:
+            stopped_by_time = True
+            break
+        if (opts.cpu_time_limit_min is not None
+                and time.process_time() - cpu_start > 60.0 * opts.cpu_time_limit_min):
             stopped_by_time = True
             break
         if step % opts.checkpoint_every == 0:
             checkpoint(last_train, last_val)
     bar.close()
     if stopped_by_time and validator is not None and (not history["val"] or history["val"][-1][0] != step):
-        last_val = validator(ema, sqrt_ab, sqrt_1mab, opts.loss, autocast)
+        last_val, val_x0w = validator(ema, sqrt_ab, sqrt_1mab, autocast, **loss_opts)
         history["val"].append([step, last_val])
+        history["val_x0w"].append([step, val_x0w])
     checkpoint(last_train, last_val, final=True)
     meta = metadata(last_train, last_val)
     meta["stopped_by_time_limit"] = stopped_by_time

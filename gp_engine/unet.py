@@ -20,7 +20,9 @@ from torch import nn
 from .errors import GPEngineError
 
 PRESETS: dict[str, dict] = {
-    "tiny": {"channels": [8, 16]},           # tests and the CPU-trained placeholder
+    "tiny": {"channels": [8, 16]},           # tests and the first CPU-trained placeholder
+    "mini": {"channels": [16, 32]},          # CPU-trainable capacity steps
+    "mini3": {"channels": [16, 32, 64]},
     "small": {"channels": [32, 64]},         # the reference code's fast model
     "base": {"channels": [64, 128, 256]},
 }

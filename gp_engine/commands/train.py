@@ -8,12 +8,14 @@ import argparse
 def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train", help="train the diffusion model on grain volumes",
-        description="Train the 3D U-Net (DDPM ε-prediction on 32³ blocks) on grain volumes. Files named "
+        description="Train the 3D U-Net (DDPM with ε, x₀ or v prediction on 32³ blocks) on grain volumes. Files named "
                     "seed1001..seed1018 train, seed1019+ validate (see --val). The checkpoint is written "
                     "periodically and at the end; --resume continues it exactly.")
     p.add_argument("--data", nargs="+", help="directory(ies) or volume files (.npz/.npy/.vti/SPPARKS dump)")
     p.add_argument("--out", required=True, help="checkpoint file to write (model.pt)")
-    p.add_argument("--preset", default="small", choices=["tiny", "small", "base"], help="U-Net size (default small)")
+    p.add_argument("--preset", default="small", choices=["tiny", "mini", "mini3", "small", "base"],
+                   help="U-Net size: tiny 8/16, mini 16/32, mini3 16/32/64, small 32/64, base 64/128/256 "
+                        "channels (default small)")
     p.add_argument("--steps", type=int, default=10_000, help="total optimizer steps (default 10000)")
     p.add_argument("--batch-size", type=int, default=32, help="blocks per step (default 32)")
     p.add_argument("--encoding", default="separable", choices=["separable", "paper"],
@@ -23,7 +25,14 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
                    help="autocast precision (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate (default 2e-4)")
-    p.add_argument("--loss", default="mse", choices=["mse", "l1"], help="loss on ε (default mse)")
+    p.add_argument("--loss", default="mse", choices=["mse", "l1"], help="loss on the target (default mse)")
+    p.add_argument("--target", default="eps", choices=["eps", "x0", "v"],
+                   help="what the network predicts (default eps); the built ONNX graph always outputs ε")
+    p.add_argument("--weighting", default="uniform", choices=["uniform", "min-snr"],
+                   help="loss weighting over timesteps (default uniform; min-snr = Min-SNR-γ)")
+    p.add_argument("--gamma", type=float, default=5.0, help="γ of Min-SNR-γ (default 5)")
+    p.add_argument("--crop", type=int, default=32, choices=[16, 32],
+                   help="training crop side (default 32; the sampler always runs 32³ blocks)")
     p.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay (default 0.999)")
     p.add_argument("--T", type=int, default=250, help="diffusion steps (default 250)")
     p.add_argument("--val", dest="val_pattern", help="glob on file names for validation volumes "
@@ -32,7 +41,9 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--val-blocks", type=int, default=64, help="fixed validation blocks (default 64)")
     p.add_argument("--checkpoint-every", type=int, default=500, help="checkpoint every N steps (default 500)")
     p.add_argument("--time-limit", dest="time_limit_min", type=float,
-                   help="stop (and checkpoint) after this many minutes")
+                   help="stop (and checkpoint) after this many minutes of wall time")
+    p.add_argument("--cpu-time-limit", dest="cpu_time_limit_min", type=float,
+                   help="stop (and checkpoint) after this many minutes of process CPU time")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA only)")
@@ -51,12 +62,14 @@ def run(args) -> int:
     opts = TrainOptions(
         data=args.data or [], out=args.out, preset=args.preset, steps=args.steps, batch_size=args.batch_size,
         encoding=args.encoding, levels=args.levels, device=args.device, precision=args.precision,
-        lr=args.lr, loss=args.loss, ema_decay=args.ema_decay, T=args.T, val_pattern=args.val_pattern,
+        lr=args.lr, loss=args.loss, target=args.target, weighting=args.weighting, gamma=args.gamma,
+        crop=args.crop, cpu_time_limit_min=args.cpu_time_limit_min, ema_decay=args.ema_decay, T=args.T, val_pattern=args.val_pattern,
         val_every=args.val_every, val_blocks=args.val_blocks, checkpoint_every=args.checkpoint_every,
         time_limit_min=args.time_limit_min, seed=args.seed, threads=args.threads, compile=args.compile,
         resume=args.resume, force=args.force, progress=not args.quiet)
     meta = train(opts)
-    summary = {k: meta[k] for k in ("steps", "samples_seen", "wall_time_s", "device", "final_train_loss",
-                                    "final_val_loss", "stopped_by_time_limit")}
+    summary = {k: meta[k] for k in ("steps", "samples_seen", "wall_time_s", "cpu_time_s", "device",
+                                    "final_train_loss", "final_val_loss", "final_val_x0w",
+                                    "stopped_by_time_limit")}
     print(json.dumps({"checkpoint": str(args.out), **summary}, indent=2))
     return 0

@@ -71,11 +71,16 @@ def build_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, batch
     is_placeholder = bool(meta.get("placeholder", False)) if placeholder is None else bool(placeholder)
     enc = ckpt["encoding"]
     preset = ckpt["config"].get("preset") or "custom"
-    default_name = f"{preset}-{enc['kind']}{enc.get('levels') or ''}-{meta.get('steps', 0)}steps"
+    target = ckpt.get("prediction", "eps")
+    default_name = (f"{preset}-{enc['kind']}{enc.get('levels') or ''}{'' if target == 'eps' else '-' + target}"
+                    f"-{meta.get('steps', 0)}steps")
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "name": name or (default_name + ("-cpu-placeholder" if is_placeholder else "")),
-        "block_size": 32, "schedule": ckpt["schedule"], "prediction": ckpt.get("prediction", "eps"),
+        "block_size": 32, "schedule": ckpt["schedule"],
+        # the ONNX graph outputs ε whatever the network was trained on (parameterization.EpsAdapter)
+        "prediction": "eps", "target": ckpt.get("prediction", "eps"),
+        "objective": ckpt.get("objective") or {"loss": "mse", "weighting": "uniform", "crop": 32},
         "encoding": {"kind": enc["kind"], "levels": enc.get("levels")},
         "onnx": onnx_info, "batch_sizes": batch_sizes, "precision": precision,
         "tensorrt": trt_info, "checkpoint": "model.pt", "weights": weights,

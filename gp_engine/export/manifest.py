@@ -11,7 +11,10 @@ manifest.json keys (format_version 1)::
     name            free text (e.g. "tiny-separable12-cpu-placeholder")
     block_size      32
     schedule        Schedule.to_dict(): {"kind": "linear", "T", "beta_start", "beta_end"}
-    prediction      "eps"
+    prediction      "eps": what the ONNX graph outputs (always ε; the samplers rely on it)
+    target          what the network was trained to predict: "eps" | "x0" | "v" (converted to ε inside
+                    the graph); absent in older manifests = "eps"
+    objective       {"loss", "weighting", "gamma", "crop"} of training (informational)
     encoding        {"kind": "separable"|"paper", "levels": K or null}
     onnx            {"file": "model.onnx", "opset": int, "dynamic_batch": bool, "sha256": hex,
                      "inputs": {"x": {"shape": [B, 1, 32, 32, 32], "dtype": "float32"},
@@ -91,6 +94,8 @@ def validate_manifest(m: dict, where: str = "manifest") -> dict:
         raise GPEngineError(f"{where}: block_size {m['block_size']!r} is not supported (only 32)")
     if m["prediction"] != "eps":
         raise GPEngineError(f"{where}: prediction {m['prediction']!r} is not supported (only 'eps')")
+    if m.get("target", "eps") not in ("eps", "x0", "v"):
+        raise GPEngineError(f"{where}: target {m.get('target')!r} is unknown (eps, x0, v); upgrade gp-engine")
     enc = m["encoding"]
     if not isinstance(enc, dict) or enc.get("kind") not in ("separable", "paper"):
         raise GPEngineError(f"{where}: encoding {enc!r} must be {{'kind': 'separable'|'paper', 'levels': K}}")
