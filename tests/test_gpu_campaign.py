@@ -1,0 +1,24 @@
+"""The GPU campaign's CPU dry run: every stage runs and is recorded, so the script cannot rot."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_campaign_dry_run(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_campaign.py"), "--dry-run", "--out",
+                        str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    res = json.loads((tmp_path / "campaign.json").read_text())
+    stages = res["stages"]
+    assert list(stages) == ["env", "train", "build", "tests", "quality", "paper"]
+    assert all(s["status"] == "ok" for s in stages.values()), {k: s.get("error") for k, s in stages.items()}
+    assert stages["env"]["modules"]["gp_engine"] != "missing"
+    assert stages["train"]["steps"] >= 1 and (tmp_path / "gpu_tiny.pt").is_file()
+    assert stages["build"]["target"] == "v"
+    assert (tmp_path / "model" / "manifest.json").is_file()
+    q = stages["quality"]["summary"]
+    assert q["grains"] > 0 and all(q[k] >= 0 for k in ("kl_volume", "kl_aspect", "kl_centroid"))
