@@ -194,3 +194,59 @@ def test_built_model_outputs_eps_computed_from_the_raw_net(data_dir, tmp_path, t
     want = (xd - a * raw) / s if target == "x0" else s * xd + a * raw
     got = onnx_session(tmp_path / "model" / "model.onnx").run(["eps"], {"x": x.numpy(), "t": t.numpy()})[0]
     assert np.abs(got - want).max() / np.abs(want).max() < 1e-4
+
+
+# ------------------------------------------------------------------------------------------ sampler
+
+
+class _BayesTwoPoint(torch.nn.Module):
+    """The Bayes-optimal network for voxels drawn independently from {-c, +c}: E[x0 | x_t] =
+    c·tanh(a·c·x_t / s²), returned in the form of ``target``."""
+
+    def __init__(self, target, c, alphas_cumprod):
+        super().__init__()
+        self.target, self.c = target, c
+        ab = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+        self.register_buffer("a", ab.sqrt().float())
+        self.register_buffer("s", (1 - ab).sqrt().float())
+
+    def forward(self, x, t):
+        idx = t.round().long()
+        a, s = self.a[idx].view(-1, 1, 1, 1, 1), self.s[idx].view(-1, 1, 1, 1, 1)
+        x0 = self.c * torch.tanh(a * self.c * x / (s * s))
+        eps = (x - a * x0) / s
+        return {"eps": eps, "x0": x0, "v": a * eps - s * x0}[self.target]
+
+
+class _OnnxEngine:
+    def __init__(self, path, batch_size):
+        from gp_engine.export.onnx_export import onnx_session
+
+        self.sess, self.batch_size, self.name = onnx_session(path), batch_size, "onnx-test"
+
+    def predict_eps(self, x, t):
+        return self.sess.run(["eps"], {"x": x, "t": t})[0]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_sampler_through_onnx_reaches_the_two_points(tmp_path, target):
+    """ε/x0/v networks of the same Bayes-optimal denoiser, converted to ε inside the exported graph,
+    make the CPU RePaint sampler land every free voxel on ±c with balanced signs, and keep known voxels."""
+    from types import SimpleNamespace
+
+    from gp_engine import repaint
+    from gp_engine.export.onnx_export import export_onnx
+
+    sched = linear_schedule(250)
+    net = _BayesTwoPoint(target, 0.6, sched.alphas_cumprod)
+    model = net if target == "eps" else EpsAdapter(net, target, sched.alphas_cumprod)
+    export_onnx(model, tmp_path / "m.onnx", dynamic_batch=True, batch=2)
+    setup = repaint.make_setup(sched, SimpleNamespace(steps=50, resample=1, jump=1, tail=5), clip_x0=True)
+    x0 = np.full((2, 1, 32, 32, 32), 0.6, np.float32)
+    mask = np.zeros_like(x0, np.uint8)
+    mask[:, :, :8] = 1
+    x = repaint.sample_batch(_OnnxEngine(tmp_path / "m.onnx", 2), x0, mask, np.array([0, 1]), 4, setup)
+    free = x[mask == 0]
+    assert np.mean(np.abs(np.abs(free) - 0.6) < 0.05) > 0.99
+    assert abs(np.mean(free > 0) - 0.5) < 0.05
+    np.testing.assert_array_equal(x[mask == 1], x0[mask == 1])
