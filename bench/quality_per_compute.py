@@ -49,11 +49,15 @@ SMALL_GRAIN = 20          # voxels: "fragments"
 SPPARKS_MEDIAN = 361      # median 26-connected grain volume of the SPPARKS validation volumes
 
 
-def field_level_distance(field: np.ndarray, levels: int | None) -> dict:
-    """Mean distance of the raw field to its nearest level (in level spacings) and the share > 1/4 spacing."""
-    if not levels:
+def field_level_distance(field: np.ndarray, encoding: dict) -> dict:
+    """Mean distance of the raw field to its nearest level or bit value (±1), in level spacings (2 for
+    bits), and the share of values more than 1/4 spacing off."""
+    kind, levels = encoding.get("kind"), encoding.get("levels")
+    if kind not in ("separable", "bits"):
         return {"mean_level_distance": None, "share_off_level": None}
     f = np.clip(np.asarray(field, np.float64), -1.0, 1.0)
+    if kind == "bits":
+        levels = 2
     spacing = 2.0 / (levels - 1)
     d = np.abs(f - (np.round((f + 1.0) / spacing) * spacing - 1.0)) / spacing
     return {"mean_level_distance": float(d.mean()), "share_off_level": float((d > 0.25).mean())}
@@ -79,6 +83,7 @@ def train_config(a, ckpt: Path) -> dict:
     opts = TrainOptions(
         data=[str(a.data)], out=str(ckpt), preset=a.preset, steps=10**9, batch_size=a.batch_size,
         device=a.device, lr=a.lr, ema_decay=a.ema_decay, target=a.target, weighting=a.weighting,
+        encoding=a.encoding, bits=a.bits,
         crop=a.crop, seed=a.seed, threads=a.threads, resume=a.resume, force=not a.resume,
         val_every=a.val_every, checkpoint_every=250, progress=not a.quiet,
         cpu_time_limit_min=a.budget if a.device_kind == "cpu" else None,
@@ -89,6 +94,13 @@ def train_config(a, ckpt: Path) -> dict:
 
 def _fmt(v, spec=".4f") -> str:
     return "–" if v is None else format(v, spec)
+
+
+def _enc(e) -> str:
+    e = e or {}
+    if e.get("kind") == "bits":
+        return f"bits{e.get('bits')}"
+    return f"{e.get('kind', '?')}{e.get('levels') or ''}"
 
 
 def render_md(rows: list[dict]) -> str:
@@ -105,14 +117,14 @@ def render_md(rows: list[dict]) -> str:
                   f"aspect {floor['kl_aspect']:.4f}, centroid {floor['kl_centroid']:.4f}; paper Table 1 (r = 10): "
                   f"{PAPER_R10['kl_volume']} / {PAPER_R10['kl_aspect']} / {PAPER_R10['kl_centroid']}. "
                   f"SPPARKS median grain: {SPPARKS_MEDIAN} voxels.", ""]
-    lines += ["| config | target | weighting | net | crop | device | budget (min, total) | samples | val x̂₀ err | val ε-MSE "
+    lines += ["| config | encoding | target | weighting | net | crop | device | budget (min, total) | samples | val x̂₀ err | val ε-MSE "
               "| volumes | KL volume | KL aspect | KL centroid | grains | median vol | voxels in < 20 | "
               "level dist | date | commit |",
-              "|" + "---|" * 20]
+              "|" + "---|" * 21]
     for r in rows:
         c, s = r["config"], r["summary"]
         lines.append(
-            f"| {c['name']} | {c['target']} | {c['weighting']} | {c['preset']} | {c['crop']} | {r['device_kind']} "
+            f"| {c['name']} | {_enc(c.get('encoding'))} | {c['target']} | {c['weighting']} | {c['preset']} | {c['crop']} | {r['device_kind']} "
             f"| {r['budget_min_total']:.0f} | {r['samples_seen']} | {_fmt(r.get('final_val_x0w'))} "
             f"| {_fmt(r.get('final_val_eps_mse'))} "
             f"| {r['volumes']}×{'x'.join(map(str, r['shape']))} | {s['kl_volume']:.3f} | {s['kl_aspect']:.3f} "
@@ -141,6 +153,8 @@ def main(argv=None) -> int:
     p.add_argument("--weighting", default="uniform", choices=["uniform", "min-snr"])
     p.add_argument("--preset", default="tiny", help="U-Net preset (tiny, mini, mini3, small, base)")
     p.add_argument("--crop", type=int, default=32, choices=[16, 32])
+    p.add_argument("--encoding", default="separable", choices=["separable", "bits", "paper"])
+    p.add_argument("--bits", type=int, help="analog-bits channels (--encoding bits; default 4)")
     p.add_argument("--budget", type=float, default=20.0,
                    help="training minutes for this run: process CPU time on the CPU, wall time on a GPU")
     p.add_argument("--resume", action="store_true", help="continue the configuration's checkpoint")
@@ -217,8 +231,9 @@ def main(argv=None) -> int:
 
     refs = [read_volume(q) for q in refs_paths]
     summary = summarize(grains, refs)
-    levels = (ck.get("encoding") or {}).get("levels")
-    lvl = [field_level_distance(f, levels) for f in fields]
+    enc = ck.get("encoding") or {}
+    levels = enc.get("kind") in ("separable", "bits")
+    lvl = [field_level_distance(f, enc) for f in fields]
     obj = ck.get("objective") or {}
     config = {"name": a.config, "target": ck.get("prediction", "eps"), "weighting": obj.get("weighting", "uniform"),
               "preset": ck["config"].get("preset"), "channels": ck["config"]["channels"],

@@ -179,6 +179,19 @@ def separable_encode_blocks(colours: torch.Tensor, n_levels: int, generator: tor
     return enc.reshape(colours.shape)
 
 
+def bits_encode_blocks(colours: torch.Tensor, n_bits: int, generator: torch.Generator) -> torch.Tensor:
+    """Colour indices [B, n, n, n] (0..2^bits-1) to analog bits [B, bits, n, n, n] through one random
+    permutation of the 2^bits codes per block (gp_engine.encoding.bit_codes)."""
+    from .encoding import bit_codes
+
+    B = colours.shape[0]
+    codes = torch.from_numpy(bit_codes(n_bits)).to(colours.device)              # [K, bits]
+    K = codes.shape[0]
+    perm = torch.argsort(torch.rand(B, K, device=colours.device, generator=generator), dim=1)
+    code_of = perm.gather(1, colours.reshape(B, -1).long())                      # [B, N]
+    return codes[code_of].permute(0, 2, 1).reshape((B, n_bits) + tuple(colours.shape[1:]))
+
+
 def colour_volume(labels: np.ndarray, n_levels: int) -> tuple[np.ndarray, int]:
     """DSatur colours (0..K-1, uint8) of a volume's 26-connected grains, and the number of conflicts."""
     from .encoding import colour_grains
@@ -201,23 +214,33 @@ def default_levels() -> int:
 class BlockSource:
     """A stack of volumes on a device that yields encoded, augmented 32³ blocks in batches.
 
-    ``encoding``: "separable" (``levels`` K) or "paper". Volumes may differ in shape (padded stack).
+    ``encoding``: "separable" (``levels`` K), "bits" (``bits`` channels, 2^bits colours) or "paper".
+    Volumes may differ in shape (padded stack). Blocks come out as [B, channels, n, n, n].
     """
 
     def __init__(self, volumes: list[np.ndarray], encoding: str = "separable", levels: int | None = None,
-                 device: str | torch.device = "cpu", block: int = BLOCK):
-        if encoding not in ("separable", "paper"):
-            raise GPEngineError(f"encoding {encoding!r} is unknown; use 'separable' or 'paper'")
+                 device: str | torch.device = "cpu", block: int = BLOCK, bits: int | None = None):
+        if encoding not in ("separable", "paper", "bits"):
+            raise GPEngineError(f"encoding {encoding!r} is unknown; use 'separable', 'bits' or 'paper'")
+        self.bits = None
+        if encoding == "bits":
+            from .encoding import DEFAULT_BITS
+
+            self.bits = int(bits or DEFAULT_BITS)
+            if not 1 <= self.bits <= 8:
+                raise GPEngineError(f"bits must be in 1..8, got {self.bits}")
+            levels = 1 << self.bits
         if not volumes:
             raise GPEngineError("no volumes to draw training blocks from")
         self.encoding, self.block, self.device = encoding, block, torch.device(device)
-        self.levels = int(levels if levels is not None else default_levels()) if encoding == "separable" else None
+        self.levels = (int(levels if levels is not None else default_levels())
+                       if encoding in ("separable", "bits") else None)
         if self.levels is not None and not 2 <= self.levels <= 255:
             raise GPEngineError(f"levels must be in 2..255, got {self.levels}")
         self.shapes = [tuple(int(s) for s in v.shape) for v in volumes]
         self.conflicts = 0
         big = tuple(max(s[a] for s in self.shapes) for a in range(3))
-        if self.encoding == "separable":
+        if self.encoding in ("separable", "bits"):
             stack = np.zeros((len(volumes),) + big, np.uint8)
             for i, v in enumerate(volumes):
                 c, n = colour_volume(v, self.levels)
@@ -267,10 +290,17 @@ class BlockSource:
             out[sel] = self.stack[vol[sel].reshape(-1, 1, 1, 1), idx[0], idx[1], idx[2]]
         return out
 
+    @property
+    def channels(self) -> int:
+        return self.bits or 1
+
     def encode(self, raw: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Encoded blocks [B, channels, n, n, n] float32."""
         if self.encoding == "paper":
-            return paper_encode_blocks(raw)
-        return separable_encode_blocks(raw, self.levels, generator)
+            return paper_encode_blocks(raw)[:, None]
+        if self.encoding == "bits":
+            return bits_encode_blocks(raw, self.bits, generator)
+        return separable_encode_blocks(raw, self.levels, generator)[:, None]
 
     def positions(self, batch: int, generator: torch.Generator, random_fraction: float = 0.5
                   ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -287,11 +317,11 @@ class BlockSource:
         return vol, corner
 
     def sample(self, batch: int, generator: torch.Generator, random_fraction: float = 0.5) -> torch.Tensor:
-        """A batch of encoded, randomly placed and randomly symmetrised blocks, float32 [B, 1, n, n, n]."""
+        """A batch of encoded, randomly placed and randomly symmetrised blocks, float32 [B, C, n, n, n]."""
         vol, corner = self.positions(batch, generator, random_fraction)
         sym = torch.randint(0, N_SYMMETRIES, (batch,), device=self.device, generator=generator)
         raw = self.gather_symmetric(vol, corner, sym)
-        return self.encode(raw, generator)[:, None].float()
+        return self.encode(raw, generator).float()
 
     def tiling_blocks(self, generator: torch.Generator, limit: int | None = None) -> torch.Tensor:
         """The tiling blocks of every volume (identity symmetry), encoded: fixed validation blocks."""
@@ -305,10 +335,10 @@ class BlockSource:
             vols, corners = [vols[k] for k in keep], [corners[k] for k in keep]
         vol = torch.tensor(vols, dtype=torch.int64, device=self.device)
         corner = torch.tensor(np.array(corners), dtype=torch.int64, device=self.device)
-        return self.encode(self.gather(vol, corner), generator)[:, None].float()
+        return self.encode(self.gather(vol, corner), generator).float()
 
 
 __all__ = ["BLOCK", "N_SYMMETRIES", "list_volume_files", "split_train_val", "load_volume",
            "tiling_corners", "boundary_corners", "fixed_corners", "symmetry", "apply_symmetry",
-           "paper_encode_blocks", "separable_encode_blocks", "colour_volume", "default_levels",
+           "paper_encode_blocks", "separable_encode_blocks", "bits_encode_blocks", "colour_volume", "default_levels",
            "BlockSource"]

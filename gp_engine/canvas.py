@@ -68,16 +68,21 @@ def check_disk_space(directory: Path, n_voxels: int, bytes_per_voxel: int = BYTE
 
 
 class Canvas:
-    """values (float32) + known (uint8) over the target shape, plus the checkpoint state."""
+    """values (float32) + known (uint8) over the target shape, plus the checkpoint state.
+
+    A model with C > 1 channels (analog bits) keeps values as [C, x, y, z]; one channel as [x, y, z].
+    """
 
     def __init__(self, values: np.ndarray, known: np.ndarray, directory: Path | None, state: dict):
         self.values, self.known, self.dir, self.state = values, known, directory, state
+        self.channels = 1 if values.ndim == 3 else int(values.shape[0])
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def in_memory(cls, shape: tuple[int, int, int]) -> "Canvas":
+    def in_memory(cls, shape: tuple[int, int, int], channels: int = 1) -> "Canvas":
         shape = tuple(int(s) for s in shape)
-        return cls(np.zeros(shape, np.float32), np.zeros(shape, np.uint8), None,
+        vshape = shape if channels == 1 else (int(channels),) + shape
+        return cls(np.zeros(vshape, np.float32), np.zeros(shape, np.uint8), None,
                    {"completed": [], "meta": {}})
 
     @staticmethod
@@ -86,7 +91,7 @@ class Canvas:
 
     @classmethod
     def create(cls, out_dir: Path, shape: tuple[int, int, int], meta: dict,
-               force: bool = False) -> "Canvas":
+               force: bool = False, channels: int = 1) -> "Canvas":
         """Allocate a fresh on-disk canvas; refuses to overwrite a previous run unless ``force``."""
         out_dir = Path(out_dir)
         cdir = cls.path(out_dir)
@@ -97,9 +102,10 @@ class Canvas:
             shutil.rmtree(cdir)
         out_dir.mkdir(parents=True, exist_ok=True)
         shape = tuple(int(s) for s in shape)
-        check_disk_space(out_dir, int(np.prod(shape)))
+        check_disk_space(out_dir, int(np.prod(shape)), BYTES_PER_VOXEL + 4 * (int(channels) - 1))
         cdir.mkdir()
-        values = np.lib.format.open_memmap(cdir / "values.npy", "w+", np.float32, shape)
+        vshape = shape if channels == 1 else (int(channels),) + shape
+        values = np.lib.format.open_memmap(cdir / "values.npy", "w+", np.float32, vshape)
         known = np.lib.format.open_memmap(cdir / "known.npy", "w+", np.uint8, shape)
         state = {"version": STATE_VERSION, "meta": meta, "completed": []}
         canvas = cls(values, known, cdir, state)
@@ -133,7 +139,8 @@ class Canvas:
     # ------------------------------------------------------------------ block I/O
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.values.shape)
+        """Spatial shape (x, y, z), without the channel axis."""
+        return tuple(self.known.shape)
 
     @property
     def completed(self) -> set[int]:
@@ -151,19 +158,27 @@ class Canvas:
         return tuple(cs), tuple(bs)
 
     def read_block(self, corner, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """(x0, mask) of a size³ block; voxels outside the canvas are unknown."""
-        x0 = np.zeros((size,) * 3, np.float32)
+        """(x0 [C, s, s, s], mask [s, s, s]) of a size³ block; voxels outside the canvas are unknown."""
+        x0 = np.zeros((self.channels,) + (size,) * 3, np.float32)
         mask = np.zeros((size,) * 3, np.uint8)
         cs, bs = self._slices(corner, size)
-        x0[bs] = self.values[cs]
+        if self.channels == 1:
+            x0[0][bs] = self.values[cs]
+        else:
+            x0[(slice(None),) + bs] = self.values[(slice(None),) + cs]
         mask[bs] = self.known[cs]
         return x0, mask
 
     def _apply(self, corners, results: np.ndarray) -> None:
+        """results: [B, C, s, s, s] (or [B, s, s, s] for one channel)."""
         size = results.shape[-1]
         for corner, res in zip(corners, results):
             cs, bs = self._slices(corner, size)
-            self.values[cs] = res.reshape((size,) * 3)[bs]
+            res = res.reshape((self.channels,) + (size,) * 3)
+            if self.channels == 1:
+                self.values[cs] = res[0][bs]
+            else:
+                self.values[(slice(None),) + cs] = res[(slice(None),) + bs]
             self.known[cs] = 1
 
     def commit(self, batch: int, corners, results: np.ndarray) -> None:

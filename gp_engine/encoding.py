@@ -1,6 +1,6 @@
 """Grain volumes -> float fields in [-1, 1], the values the diffusion model learns to generate.
 
-Two encodings:
+Three encodings:
 
 - **paper** (:func:`paper_encode`): the spin number itself is the value; each 32³ block is shifted by
   its mean and divided by its max |·|. With ~1000 spins squeezed into [-1, 1], touching grains often
@@ -9,6 +9,10 @@ Two encodings:
   (26-adjacent) grains share a colour (DSatur graph colouring), and the K colours are mapped onto K
   evenly spaced levels ``linspace(-1, 1, K)`` through a random permutation. Touching grains are then at
   least ``2 / (K - 1)`` apart, which a segmentation can separate under noise.
+- **analog bits** (:func:`bits_encode`, Chen et al. 2023): the same DSatur colours, at most 2^B of them,
+  written as B channels of ±1 (colour c → bit b of c, through a random permutation of the 2^B codes per
+  block) and read back by thresholding each channel at 0 (:func:`bits_decode`). Touching grains differ in
+  at least one bit, and an error has to reach 1.0 on a channel to flip a grain (0.11 for K = 10 levels).
 """
 
 from __future__ import annotations
@@ -210,7 +214,51 @@ def separable_encode(grain_ids: np.ndarray, n_levels: int = DEFAULT_LEVELS,
     return lut[colour]
 
 
+#: Channels of the analog-bits encoding: 4 bits = 16 codes (DSatur needs at most 8 colours on the shared
+#: SPPARKS volumes; the spare codes give the model free colours when it outpaints next to placed grains).
+DEFAULT_BITS = 4
+
+
+def bit_codes(n_bits: int) -> np.ndarray:
+    """[2^B, B] float32 table: row c holds the bits of c (least significant first) as -1/+1."""
+    if int(n_bits) != n_bits or not 1 <= n_bits <= 8:
+        raise GPEngineError(f"bits must be an integer in 1..8, got {n_bits!r}")
+    c = np.arange(1 << int(n_bits))[:, None]
+    return np.where((c >> np.arange(int(n_bits))[None, :]) & 1, 1.0, -1.0).astype(np.float32)
+
+
+def bits_encode(grain_ids: np.ndarray, n_bits: int = DEFAULT_BITS,
+                rng: np.random.Generator | int | None = None) -> np.ndarray:
+    """Analog-bits encoding [B, x, y, z] float32 of split grain ids (DSatur with 2^B colours, random
+    code permutation). Voxels with id 0 (outside a mask) get 0.0 in every channel."""
+    codes = bit_codes(n_bits)
+    rng = np.random.default_rng(rng)
+    colour, _ = colour_grains(grain_ids, codes.shape[0])
+    lut = np.concatenate([codes[rng.permutation(codes.shape[0])], np.zeros((1, codes.shape[1]), np.float32)])
+    return np.moveaxis(lut[colour], -1, 0)
+
+
+def bits_decode(field: np.ndarray) -> np.ndarray:
+    """Code (0..2^B-1, uint8) of every voxel of a [B, ...] analog-bits field: bit b = (channel b > 0)."""
+    f = np.asarray(field)
+    if f.ndim < 2 or not 1 <= f.shape[0] <= 8:
+        raise GPEngineError(f"an analog-bits field must be [B, ...] with 1 <= B <= 8, got shape {f.shape}")
+    code = np.zeros(f.shape[1:], np.uint8)
+    for b in range(f.shape[0]):
+        code |= (f[b] > 0).astype(np.uint8) << b
+    return code
+
+
+def bits_display(field: np.ndarray) -> np.ndarray:
+    """One float32 value per voxel for pictures and level segmentation: the decoded code c mapped to
+    ``linspace(-1, 1, 2^B)[c]``, so ``levels`` segmentation with K = 2^B recovers the codes exactly."""
+    f = np.asarray(field)
+    lut = np.linspace(-1.0, 1.0, 1 << f.shape[0]).astype(np.float32)
+    return lut[bits_decode(f)]
+
+
 __all__ = [
+    "DEFAULT_BITS", "bit_codes", "bits_encode", "bits_decode", "bits_display",
     "DEFAULT_LEVELS", "paper_encode", "encoding_levels", "grain_adjacency", "colour_graph",
     "colour_grains", "chromatic_number_dsatur", "separable_encode",
 ]

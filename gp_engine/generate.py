@@ -36,12 +36,14 @@ class Interrupted(Exception):
 def sample_canvas(engine, blocks: Sequence, batches: Sequence[Sequence[int]], canvas: Canvas,
                   setup: repaint.SamplerSetup, seed: int, block_size: int = 32,
                   progress: bool = True, stop_after: int | None = None,
-                  on_batch: Callable[[int], None] | None = None) -> dict:
+                  on_batch: Callable[[int], None] | None = None, shift_first: bool = True) -> dict:
     """Run every batch not yet in ``canvas.completed``; returns timing figures.
 
     ``blocks[i]`` has ``.index`` (== i), ``.corner`` and ``.deps``; ``batches`` lists block indices.
     Each block reads (x0, known) from the canvas, is RePainted, shifted by its mid-range when it had
-    no known voxel, and its whole block is written back and marked known when the batch commits.
+    no known voxel and ``shift_first`` (the paper encoding's first-stage recentring; a level or bit
+    encoding must not be shifted off its values), and its whole block is written back and marked known
+    when the batch commits.
     """
     from tqdm import tqdm
 
@@ -61,8 +63,8 @@ def sample_canvas(engine, blocks: Sequence, batches: Sequence[Sequence[int]], ca
             ids = np.asarray(batches[k], np.int64)
             corners = [tuple(int(c) for c in by_index[int(i)].corner) for i in ids]
             reads = [canvas.read_block(c, block_size) for c in corners]
-            x0 = np.stack([r[0] for r in reads])[:, None]
-            mask = np.stack([r[1] for r in reads])[:, None]
+            x0 = np.stack([r[0] for r in reads])                                  # [b, C, s, s, s]
+            mask = np.repeat(np.stack([r[1] for r in reads])[:, None], x0.shape[1], axis=1)
             nb = len(ids)
 
             def step(_k, nb=nb):
@@ -75,10 +77,11 @@ def sample_canvas(engine, blocks: Sequence, batches: Sequence[Sequence[int]], ca
                     x = repaint.sample_batch(engine, x0, mask, ids, seed, setup, on_step=step)
             except GPEngineError as exc:
                 raise GPEngineError(f"batch {k}: {exc}") from None
-            for r in range(nb):
-                if not mask[r].any():
-                    x[r] = repaint.shift_mid_range(x[r])
-            canvas.commit(k, corners, x[:, 0])
+            if shift_first:
+                for r in range(nb):
+                    if not mask[r].any():
+                        x[r] = repaint.shift_mid_range(x[r])
+            canvas.commit(k, corners, x)
             committed += 1
             done_blocks += nb
             minutes = (time.perf_counter() - t0) / 60.0
@@ -260,16 +263,25 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
             "shape": list(padded), "batch_size": B, "batches": len(batches)}
     if engine is None:  # before touching the output dir: a bad backend fails fast
         engine = load_engine(model_dir, backend or getattr(plan, "backend", None) or "auto", B)
-    canvas = Canvas.resume(out, meta) if resume else Canvas.create(out, padded, meta, force=force)
-    timing = sample_canvas(engine, blocks, batches, canvas, setup, seed, block, progress, stop_after)
+    enc = manifest.get("encoding") or {}
+    channels = int(enc.get("bits") or 1) if enc.get("kind") == "bits" else 1
+    canvas = (Canvas.resume(out, meta) if resume
+              else Canvas.create(out, padded, meta, force=force, channels=channels))
+    timing = sample_canvas(engine, blocks, batches, canvas, setup, seed, block, progress, stop_after,
+                           shift_first=enc.get("kind", "paper") == "paper")
     timing.update(backend=engine.name, batch_size=B, blocks=len(blocks), batches=len(batches))
-    field = canvas.values[:shape[0], :shape[1], :shape[2]]
-    if field.size <= IN_RAM_VOXELS:
-        field = np.ascontiguousarray(field)
-    levels = (manifest.get("encoding") or {}).get("levels")
+    raw = canvas.values[..., :shape[0], :shape[1], :shape[2]]
+    if raw.size <= IN_RAM_VOXELS * channels:
+        raw = np.ascontiguousarray(raw)
+    field = raw
+    if channels > 1:  # analog bits: one value per voxel (the decoded code on 2^B levels) to segment and show
+        from .encoding import bits_display
+
+        field = bits_display(raw)
+    levels = enc.get("levels")
     grain_ids = segment_field(field, getattr(plan, "segmentation", None), out, progress, levels)
     stats = compute_stats(grain_ids, getattr(plan, "reference", None))
     stats = {"summary": stats, "timing": timing, "plan_hash": meta["plan_hash"], "seed": seed,
              "shape": list(shape), "model": str(model_dir)}
-    written = write_results(out, field, grain_ids, formats, stats)
+    written = write_results(out, field, grain_ids, formats, stats, raw_field=raw if channels > 1 else None)
     return {"outputs": written, "timing": timing, "stats": stats}

@@ -87,8 +87,12 @@ def write_slices_png(path: Path, grain_ids: np.ndarray, field: np.ndarray) -> Pa
 
 
 def write_results(out_dir: Path, field: np.ndarray, grain_ids: np.ndarray, formats,
-                  stats: dict) -> dict[str, Path]:
-    """Write every requested output; returns {label: path}."""
+                  stats: dict, raw_field: np.ndarray | None = None) -> dict[str, Path]:
+    """Write every requested output; returns {label: path}.
+
+    ``field``: one float per voxel (shown in the slices); ``raw_field``: the model's multi-channel
+    output [C, x, y, z] when it has more than one channel (analog bits), written as ``field.npy``.
+    """
     from . import volume_io
 
     out_dir = Path(out_dir)
@@ -98,7 +102,13 @@ def write_results(out_dir: Path, field: np.ndarray, grain_ids: np.ndarray, forma
         volume_io.write_npy(out_dir / "grains.npy", np.asarray(grain_ids, np.int32))
         written["grain ids (npy)"] = out_dir / "grains.npy"
     if "npy" in fmts or "field" in fmts:  # the raw float field goes with the ids
-        volume_io.write_npy(out_dir / "field.npy", np.asarray(field, np.float32))
+        if raw_field is None:
+            volume_io.write_npy(out_dir / "field.npy", np.asarray(field, np.float32))
+        else:  # [C, x, y, z]: not a volume for write_npy's check, the same atomic .npy
+            from .atomic_write import atomic_open
+
+            with atomic_open(out_dir / "field.npy", "wb") as fh:
+                np.save(fh, np.ascontiguousarray(raw_field, np.float32), allow_pickle=False)
         written["raw field (npy)"] = out_dir / "field.npy"
     if "vti" in fmts:
         volume_io.write_vti(out_dir / "grains.vti", np.asarray(grain_ids, np.int32))

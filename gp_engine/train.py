@@ -41,6 +41,7 @@ class TrainOptions:
     batch_size: int = 32
     encoding: str = "separable"
     levels: int | None = None          # None: gp_engine.encoding.DEFAULT_LEVELS
+    bits: int | None = None            # analog-bits channels (encoding "bits"); None: DEFAULT_BITS
     device: str = "auto"
     precision: str = "auto"            # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
     lr: float = 2e-4
@@ -198,11 +199,12 @@ def _load_sources(opts: TrainOptions, device: torch.device, encoding: dict, resu
         if not opts.data:
             raise GPEngineError("no training data given; use --data DIR (volume files: .npz/.npy/.vti/SPPARKS dump)")
         train_files, val_files = split_train_val(list_volume_files(opts.data), opts.val_pattern)
-    kind, levels = encoding["kind"], encoding.get("levels")
+    kind, levels, bits = encoding["kind"], encoding.get("levels"), encoding.get("bits")
     train_vols = [load_volume(p) for p in train_files]
-    train_src = BlockSource(train_vols, kind, levels, device, block=crop)
+    train_src = BlockSource(train_vols, kind, levels, device, block=crop, bits=bits)
     # validation always on 32³ blocks (what the sampler runs), whatever the training crop
-    val_src = BlockSource([load_volume(p) for p in val_files], kind, levels, device) if val_files else None
+    val_src = (BlockSource([load_volume(p) for p in val_files], kind, levels, device, bits=bits)
+               if val_files else None)
     return train_files, val_files, train_src, val_src
 
 
@@ -246,6 +248,13 @@ def train(opts: TrainOptions) -> dict:
         if opts.encoding == "separable":
             from .blocks import default_levels
             encoding["levels"] = int(opts.levels or default_levels())
+        elif opts.encoding == "bits":
+            from .encoding import DEFAULT_BITS
+            encoding["bits"] = int(opts.bits or DEFAULT_BITS)
+            encoding["levels"] = 1 << encoding["bits"]
+            config = {**config, "in_channels": encoding["bits"], "out_channels": encoding["bits"]}
+        elif opts.encoding != "paper":
+            raise GPEngineError(f"--encoding {opts.encoding!r} is unknown; use separable, bits or paper")
 
     train_files, val_files, src, val_src = _load_sources(opts, device, encoding, resumed,
                                                             int(objective.get("crop", 32)))

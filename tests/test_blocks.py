@@ -100,7 +100,7 @@ def test_paper_encoding_matches_reference(crop):
     raw = src.gather(vol, corner)
     enc = src.encode(raw, g)
     for i in range(4):
-        np.testing.assert_allclose(enc[i].numpy(), paper_encode(raw[i].numpy().astype(np.int64)), atol=1e-6)
+        np.testing.assert_allclose(enc[i, 0].numpy(), paper_encode(raw[i].numpy().astype(np.int64)), atol=1e-6)
 
 
 def test_separable_encoding_separates_touching_grains(crop):
@@ -113,7 +113,7 @@ def test_separable_encoding_separates_touching_grains(crop):
     g = torch.Generator().manual_seed(5)
     vol, corner = src.positions(8, g, random_fraction=0.5)
     sym = torch.randint(0, 48, (8,), generator=g)
-    enc = src.encode(src.gather_symmetric(vol, corner, sym), g)
+    enc = src.encode(src.gather_symmetric(vol, corner, sym), g)[:, 0]
     id_src = BlockSource.__new__(BlockSource)                     # same gather on the grain-id volume
     id_src.stack, id_src.block, id_src.device = ids, 32, torch.device("cpu")
     id_src._offsets = torch.arange(32)
@@ -133,8 +133,36 @@ def test_separable_encoding_separates_touching_grains(crop):
         assert not (~same_grain & same_level).any(), "two touching grains share a level"
         assert same_level[same_grain].all(), "a grain got two levels"
     # the colour -> level permutation is drawn per block: colour 0 lands on many different levels
-    perms = src.encode(torch.zeros(64, 2, 2, 2, dtype=torch.uint8), g)[:, 0, 0, 0]
+    perms = src.encode(torch.zeros(64, 2, 2, 2, dtype=torch.uint8), g)[:, 0, 0, 0, 0]
     assert len(torch.unique(perms)) > 3
+
+
+def test_bits_encoding_separates_touching_grains(crop):
+    """Analog bits: every channel is ±1, a grain has one code, touching grains differ in some bit,
+    and the codes decode (threshold at 0) to the colours of a DSatur colouring."""
+    from gp_engine.encoding import bits_decode
+    from gp_engine.grains import split_grains
+
+    src = BlockSource([crop], encoding="bits", bits=4, device="cpu")
+    assert src.channels == 4 and src.levels == 16 and src.conflicts == 0
+    g = torch.Generator().manual_seed(2)
+    x = src.sample(4, g)
+    assert x.shape == (4, 4, 32, 32, 32) and set(torch.unique(x).tolist()) == {-1.0, 1.0}
+    ids = torch.from_numpy(split_grains(crop).astype(np.int64))[None]
+    vol, corner = src.positions(6, g)
+    sym = torch.randint(0, 48, (6,), generator=g)
+    enc = src.encode(src.gather_symmetric(vol, corner, sym), g)
+    id_src = BlockSource.__new__(BlockSource)
+    id_src.stack, id_src.block, id_src.device = ids, 32, torch.device("cpu")
+    id_src._offsets = torch.arange(32)
+    gid = id_src.gather_symmetric(vol, corner, sym).numpy()
+    code = np.stack([bits_decode(e) for e in enc.numpy()])
+    for dx, dy, dz in ((1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 1), (1, -1, 0)):
+        a = np.roll(np.roll(np.roll(gid, dx, 1), dy, 2), dz, 3)[:, 1:-1, 1:-1, 1:-1]
+        ca = np.roll(np.roll(np.roll(code, dx, 1), dy, 2), dz, 3)[:, 1:-1, 1:-1, 1:-1]
+        same = a == gid[:, 1:-1, 1:-1, 1:-1]
+        assert (ca[same] == code[:, 1:-1, 1:-1, 1:-1][same]).all(), "a grain got two codes"
+        assert (ca[~same] != code[:, 1:-1, 1:-1, 1:-1][~same]).all(), "touching grains share a code"
 
 
 def test_split_train_val(tmp_path):

@@ -18,8 +18,10 @@ def register(sub) -> argparse.ArgumentParser:
                         "channels (default small)")
     p.add_argument("--steps", type=int, default=10_000, help="total optimizer steps (default 10000)")
     p.add_argument("--batch-size", type=int, default=32, help="blocks per step (default 32)")
-    p.add_argument("--encoding", default="separable", choices=["separable", "paper"],
-                   help="block encoding (default separable)")
+    p.add_argument("--encoding", default="separable", choices=["separable", "bits", "paper"],
+                   help="block encoding (default separable): separable = K levels, bits = analog bits over "
+                        "--bits channels, paper = the paper's spin values")
+    p.add_argument("--bits", type=int, help="analog-bits channels for --encoding bits (default 4 = 16 codes)")
     p.add_argument("--levels", type=int, help="separable encoding levels K (default: gp_engine.encoding.DEFAULT_LEVELS)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
@@ -61,7 +63,7 @@ def run(args) -> int:
 
     opts = TrainOptions(
         data=args.data or [], out=args.out, preset=args.preset, steps=args.steps, batch_size=args.batch_size,
-        encoding=args.encoding, levels=args.levels, device=args.device, precision=args.precision,
+        encoding=args.encoding, levels=args.levels, bits=args.bits, device=args.device, precision=args.precision,
         lr=args.lr, loss=args.loss, target=args.target, weighting=args.weighting, gamma=args.gamma,
         crop=args.crop, cpu_time_limit_min=args.cpu_time_limit_min, ema_decay=args.ema_decay, T=args.T, val_pattern=args.val_pattern,
         val_every=args.val_every, val_blocks=args.val_blocks, checkpoint_every=args.checkpoint_every,

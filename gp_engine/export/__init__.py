@@ -53,7 +53,8 @@ def build_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, batch
     log(f"gp-engine build: onnxruntime vs torch relative error {rel:.2e} (tolerance {tol})")
     onnx_info["sha256"] = sha256_file(onnx_path)
 
-    trt_info = build_engines(onnx_path, out, batch_sizes, fp16=precision == "fp16", log=log) if tensorrt else None
+    trt_info = build_engines(onnx_path, out, batch_sizes, fp16=precision == "fp16", log=log,
+                             channels=int(ckpt["config"].get("in_channels", 1))) if tensorrt else None
     if not tensorrt:
         log("gp-engine build: TensorRT engines not requested (add --tensorrt on a GPU machine)")
 
@@ -81,7 +82,8 @@ def build_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, batch
         # the ONNX graph outputs ε whatever the network was trained on (parameterization.EpsAdapter)
         "prediction": "eps", "target": ckpt.get("prediction", "eps"),
         "objective": ckpt.get("objective") or {"loss": "mse", "weighting": "uniform", "crop": 32},
-        "encoding": {"kind": enc["kind"], "levels": enc.get("levels")},
+        "encoding": {"kind": enc["kind"], "levels": enc.get("levels"),
+                     **({"bits": enc["bits"]} if enc.get("bits") else {})},
         "onnx": onnx_info, "batch_sizes": batch_sizes, "precision": precision,
         "tensorrt": trt_info, "checkpoint": "model.pt", "weights": weights,
         "unet": ckpt["config"], "training": meta, "placeholder": is_placeholder,

@@ -15,7 +15,7 @@ manifest.json keys (format_version 1)::
     target          what the network was trained to predict: "eps" | "x0" | "v" (converted to ε inside
                     the graph); absent in older manifests = "eps"
     objective       {"loss", "weighting", "gamma", "crop"} of training (informational)
-    encoding        {"kind": "separable"|"paper", "levels": K or null}
+    encoding        {"kind": "separable"|"paper"|"bits", "levels": K or null, "bits": B (bits only)}
     onnx            {"file": "model.onnx", "opset": int, "dynamic_batch": bool, "sha256": hex,
                      "inputs": {"x": {"shape": [B, 1, 32, 32, 32], "dtype": "float32"},
                                 "t": {"shape": [B], "dtype": "float32"}},   # B = "batch" if dynamic
@@ -97,8 +97,13 @@ def validate_manifest(m: dict, where: str = "manifest") -> dict:
     if m.get("target", "eps") not in ("eps", "x0", "v"):
         raise GPEngineError(f"{where}: target {m.get('target')!r} is unknown (eps, x0, v); upgrade gp-engine")
     enc = m["encoding"]
-    if not isinstance(enc, dict) or enc.get("kind") not in ("separable", "paper"):
-        raise GPEngineError(f"{where}: encoding {enc!r} must be {{'kind': 'separable'|'paper', 'levels': K}}")
+    if not isinstance(enc, dict) or enc.get("kind") not in ("separable", "paper", "bits"):
+        raise GPEngineError(f"{where}: encoding {enc!r} must be {{'kind': 'separable'|'bits'|'paper', 'levels': K}}")
+    if enc["kind"] == "bits":
+        b = enc.get("bits")
+        if not (isinstance(b, int) and 1 <= b <= 8 and enc.get("levels") == 1 << b):
+            raise GPEngineError(f"{where}: bits encoding needs an integer 'bits' in 1..8 and 'levels' = 2^bits, "
+                                f"got {enc!r}")
     if enc["kind"] == "separable" and not (isinstance(enc.get("levels"), int) and enc["levels"] >= 2):
         raise GPEngineError(f"{where}: separable encoding needs an integer 'levels' >= 2, got {enc.get('levels')!r}")
     sched = m["schedule"]

@@ -51,7 +51,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, precision: str = "fp3
 
     dtype = torch.float16 if precision == "fp16" else torch.float32
     wrapper = ExportWrapper(copy.deepcopy(model).cpu(), dtype)
-    x = torch.randn(batch, 1, block, block, block)
+    ch = model_channels(model)
+    x = torch.randn(batch, ch, block, block, block)
     t = torch.full((batch,), 10.0)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,9 +82,14 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, precision: str = "fp3
             raise
     b = "batch" if dynamic_batch else int(batch)
     return {"file": path.name, "opset": int(opset), "dynamic_batch": bool(dynamic_batch),
-            "inputs": {"x": {"shape": [b, 1, block, block, block], "dtype": "float32"},
+            "inputs": {"x": {"shape": [b, ch, block, block, block], "dtype": "float32"},
                        "t": {"shape": [b], "dtype": "float32"}},
             "output": "eps", "exporter": exporter}
+
+
+def model_channels(model: nn.Module) -> int:
+    """Input channels of a U-Net (or an adapter around one): 1, or B for analog bits."""
+    return int((getattr(model, "config", None) or {}).get("in_channels", 1))
 
 
 def _inline_external_data(path: str) -> None:
@@ -129,7 +135,7 @@ def compare_with_torch(model: nn.Module, onnx_path: str | os.PathLike, batch: in
                        block: int = BLOCK, reference_dtype: torch.dtype = torch.float32) -> float:
     """max |onnx - torch| / max |torch| on random inputs (torch fp32 reference, CPU)."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, 1, block, block, block, generator=g)
+    x = torch.randn(batch, model_channels(model), block, block, block, generator=g)
     t = torch.randint(0, 250, (batch,), generator=g).float()
     import copy
 
@@ -140,5 +146,5 @@ def compare_with_torch(model: nn.Module, onnx_path: str | os.PathLike, batch: in
     return float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-12))
 
 
-__all__ = ["DEFAULT_OPSET", "ExportWrapper", "export_onnx", "graph_ops", "check_standard_ops",
+__all__ = ["DEFAULT_OPSET", "ExportWrapper", "model_channels", "export_onnx", "graph_ops", "check_standard_ops",
            "onnx_session", "compare_with_torch"]

@@ -34,11 +34,11 @@ def tensorrt_status() -> tuple[bool, str]:
     return True, f"tensorrt {trt.__version__}"
 
 
-def profile_shapes(batch_size: int, block: int = BLOCK) -> dict[str, tuple[tuple[int, ...], ...]]:
+def profile_shapes(batch_size: int, block: int = BLOCK, channels: int = 1) -> dict[str, tuple[tuple[int, ...], ...]]:
     """The (min, opt, max) shapes requested for each input of the engine for ``batch_size``."""
     if batch_size < 1:
         raise GPEngineError(f"TensorRT batch size must be >= 1, got {batch_size}")
-    x = (batch_size, 1, block, block, block)
+    x = (batch_size, int(channels), block, block, block)
     t = (batch_size,)
     return {"x": (x, x, x), "t": (t, t, t)}
 
@@ -49,7 +49,7 @@ def plan_name(batch_size: int) -> str:
 
 def build_engines(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, batch_sizes: list[int],
                   fp16: bool = False, workspace_gib: float = 4.0, block: int = BLOCK,
-                  log=print) -> dict | None:
+                  log=print, channels: int = 1) -> dict | None:
     """Build one engine per batch size; return the manifest's ``tensorrt`` section, or None if skipped."""
     ok, reason = tensorrt_status()
     if not ok:
@@ -72,7 +72,7 @@ def build_engines(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, batc
         if fp16:
             config.set_flag(trt.BuilderFlag.FP16)
         profile = builder.create_optimization_profile()
-        for name, (mn, opt, mx) in profile_shapes(b, block).items():
+        for name, (mn, opt, mx) in profile_shapes(b, block, channels).items():
             profile.set_shape(name, mn, opt, mx)
         config.add_optimization_profile(profile)
         log(f"gp-engine build: building TensorRT engine for batch {b} ({'fp16' if fp16 else 'fp32'})...")

@@ -54,7 +54,8 @@ class TensorRTEngine:
         self.t_name = "t" if "t" in inputs else inputs[1]
         self.out_name = outputs[0]
         block = int(manifest.get("block_size", 32))
-        shape = (self.batch_size, 1, block, block, block)
+        channels = int(((manifest.get("onnx") or {}).get("inputs") or {}).get("x", {}).get("shape", [0, 1])[1])
+        shape = (self.batch_size, channels, block, block, block)
         self.context.set_input_shape(self.x_name, shape)
         self.context.set_input_shape(self.t_name, (self.batch_size,))
         self.x = torch.zeros(shape, device="cuda")
