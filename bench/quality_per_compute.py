@@ -134,6 +134,36 @@ def render_md(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_rows(rows: list[dict], path: Path = ROOT / "bench" / "plots" / "quality_per_compute.png") -> Path:
+    """KL of volume / aspect / centroid against training budget, one line per configuration (log y),
+    with the SPPARKS floor and the paper's Table 1 as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gp_engine.atomic_write import save_figure
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    names = list(dict.fromkeys(r["config"]["name"] for r in rows))
+    floor = next((r["floor_spparks_5v5"] for r in reversed(rows) if r.get("floor_spparks_5v5")), None)
+    for ax, k in zip(axes, KEYS):
+        for n in names:
+            rs = sorted((r for r in rows if r["config"]["name"] == n), key=lambda r: r["budget_min_total"])
+            ax.plot([r["budget_min_total"] for r in rs], [r["summary"][k] for r in rs], "o-", label=n, ms=4)
+        ax.axhline(PAPER_R10[k], color="k", ls="--", lw=1, label="paper Table 1")
+        if floor:
+            ax.axhline(floor[k], color="grey", ls=":", lw=1, label="SPPARKS floor")
+        ax.set_yscale("log")
+        ax.set_xlabel("training budget (CPU min, or GPU wall min)")
+        ax.set_title(f"KL {k[3:]}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_figure(fig, path)
+
+
 def append_row(row: dict) -> None:
     from gp_engine.atomic_write import atomic_open
 
@@ -144,6 +174,7 @@ def append_row(row: dict) -> None:
         json.dump(rows, f, indent=1)
     with atomic_open(ROWS_MD, "w") as f:
         f.write(render_md(rows))
+    plot_rows(rows)
 
 
 def main(argv=None) -> int:

@@ -5,7 +5,8 @@ grain volume / aspect / nearest-centroid distance against the validation SPPARKS
 (gp_engine.stats, the estimator of bench/stats_floor.py), plus grain count, median grain volume and the
 share of voxels in grains under 20 voxels. Methods:
 
-- ``dbscan``            the paper's exact grid DBSCAN (eps 1.9, min_samples 15, value scale 32)
+- ``dbscan``            the paper's exact grid DBSCAN (eps 1.9, min_samples 15, value scale 32);
+                        ``dbscan/m`` then refills clusters under m voxels from their neighbours
 - ``levels/m``          snap to the nearest level, 26-connected components, components under m voxels
                         refilled by the neighbour majority vote (m = 5 is the engine's historical default)
 - ``smooth+levels/m``   the same after a Gaussian filter (σ = 0.7 voxel) of the field
@@ -47,10 +48,21 @@ def levels_markers(field: np.ndarray, levels: int, min_size: int) -> np.ndarray:
     return _drop_small(lab, min_size)
 
 
+def _display(field: np.ndarray) -> np.ndarray:
+    """One value per voxel: the field itself, or the decoded code of an analog-bits field [B, x, y, z]."""
+    from gp_engine.encoding import bits_display
+
+    return bits_display(field) if field.ndim == 4 else field
+
+
 def watershed(field: np.ndarray, levels: int, min_size: int) -> np.ndarray:
-    markers = levels_markers(field, levels, min_size).astype(np.int32)
-    f = ndimage.gaussian_filter(np.asarray(field, np.float64), 0.5)
-    grad = np.sqrt(sum(g * g for g in np.gradient(f)))
+    markers = levels_markers(_display(field), levels, min_size).astype(np.int32)
+    chans = field if field.ndim == 4 else field[None]
+    grad2 = 0.0
+    for ch in chans:  # gradient magnitude over all channels
+        f = ndimage.gaussian_filter(np.asarray(ch, np.float64), 0.5)
+        grad2 = grad2 + sum(g * g for g in np.gradient(f))
+    grad = np.sqrt(grad2)
     img = np.clip(grad / max(grad.max(), 1e-12) * 65535, 0, 65535).astype(np.uint16)
     st = np.ones((3, 3, 3), bool)
     return ndimage.watershed_ift(img, markers, structure=st).astype(np.int32)
@@ -62,25 +74,33 @@ def run_method(name: str, field: np.ndarray, levels: int) -> np.ndarray:
     kind, _, m = name.partition("/")
     m = int(m) if m else 5
     if kind == "dbscan":
-        return segment(field, "dbscan")
+        lab = segment(_display(field), "dbscan")
+        if m > 5:  # then clusters under m voxels refilled by the neighbour vote, as levels/m does
+            from gp_engine import _segment
+            from gp_engine.segment import _drop_small
+
+            lab = _drop_small(lab, m)
+            _segment.fill_noise(lab, -1, True)
+        return lab
     if kind == "levels":
-        return segment(field, "levels", levels=levels, min_size=m)
-    if kind == "smooth+levels":
-        return segment(ndimage.gaussian_filter(np.asarray(field, np.float32), 0.7), "levels", levels=levels,
-                       min_size=m)
+        return segment(_display(field), "levels", levels=levels, min_size=m)
+    if kind == "smooth+levels":  # analog bits: each channel smoothed, then decoded
+        sigma = (0, 0.7, 0.7, 0.7) if field.ndim == 4 else 0.7
+        return segment(_display(ndimage.gaussian_filter(np.asarray(field, np.float32), sigma)), "levels",
+                       levels=levels, min_size=m)
     if kind == "watershed":
         return watershed(field, levels, m)
     raise ValueError(name)
 
 
-METHODS = ("dbscan", "levels/5", "levels/20", "levels/40", "smooth+levels/5", "smooth+levels/20",
+METHODS = ("dbscan", "dbscan/40", "dbscan/80", "levels/5", "levels/20", "levels/40", "levels/80", "smooth+levels/5", "smooth+levels/20",
            "watershed/20", "watershed/40")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("fields", nargs="+", help="raw field .npy files of generated volumes")
-    p.add_argument("--levels", type=int, default=10)
+    p.add_argument("--levels", type=int, default=10, help="encoding levels (analog bits: 2^B)")
     p.add_argument("--name", required=True, help="row name (e.g. the model's config)")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--data", default=str(SHARED))

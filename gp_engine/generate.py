@@ -193,11 +193,20 @@ def built_model_for(model, out_dir: Path, batch_size: int = 1, progress: bool = 
 IN_RAM_VOXELS = 256 ** 3
 
 
+#: ``auto`` segmentation of an analog-bits model: DBSCAN on the decoded codes, clusters under this
+#: many voxels refilled (bench/results/segmentation_compare.md: the best grain statistics on the fields
+#: of the CPU-trained bits models, whose boundaries are speckled).
+AUTO_BITS_MIN_SIZE = 40
+
+
 def segment_field(field: np.ndarray, seg, out_dir: Path | None = None,
-                  progress: bool = False, levels: int | None = None) -> np.ndarray:
+                  progress: bool = False, levels: int | None = None,
+                  encoding_kind: str | None = None) -> np.ndarray:
     """Segment the float field into grain ids with the plan's segmentation settings.
 
-    ``levels``: the model's encoding levels (used by ``method="levels"``, which snaps to them).
+    ``levels``: the model's encoding levels (used by ``method="levels"``, which snaps to them);
+    ``encoding_kind`` decides ``auto`` (levels for separable, dbscan for paper, dbscan with
+    ``AUTO_BITS_MIN_SIZE`` for bits, whose field here is the decoded code on 2^B levels).
 
     Large fields (memmaps over ``IN_RAM_VOXELS``) are segmented tile by tile into a memmap in
     ``out_dir/canvas/`` so memory stays bounded.
@@ -206,9 +215,14 @@ def segment_field(field: np.ndarray, seg, out_dir: Path | None = None,
 
     get = (seg.get if isinstance(seg, dict) else lambda k, d=None: getattr(seg, k, d)) \
         if seg is not None else (lambda k, d=None: d)
-    kwargs = {k: get(k) for k in ("method", "eps", "min_samples", "value_scale") if get(k) is not None}
+    kwargs = {k: get(k) for k in ("method", "eps", "min_samples", "value_scale", "min_size")
+              if get(k) is not None}
     if kwargs.get("method", "auto") == "auto":  # the model's encoding decides (README: defaults)
-        kwargs["method"] = "levels" if levels else "dbscan"
+        if encoding_kind == "bits":
+            kwargs["method"] = "dbscan"
+            kwargs.setdefault("min_size", AUTO_BITS_MIN_SIZE)
+        else:
+            kwargs["method"] = "levels" if levels else "dbscan"
     if kwargs.get("method") == "levels" and levels:
         kwargs["levels"] = int(levels)
     if field.size > IN_RAM_VOXELS and out_dir is not None:
@@ -279,7 +293,8 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
 
         field = bits_display(raw)
     levels = enc.get("levels")
-    grain_ids = segment_field(field, getattr(plan, "segmentation", None), out, progress, levels)
+    grain_ids = segment_field(field, getattr(plan, "segmentation", None), out, progress, levels,
+                              enc.get("kind"))
     stats = compute_stats(grain_ids, getattr(plan, "reference", None))
     stats = {"summary": stats, "timing": timing, "plan_hash": meta["plan_hash"], "seed": seed,
              "shape": list(shape), "model": str(model_dir)}

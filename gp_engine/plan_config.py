@@ -36,7 +36,8 @@ SAMPLER_PRESETS: dict[str, dict[str, int]] = {
 
 PLAN_KINDS = ("grid", "center")
 BACKENDS = ("auto", "tensorrt", "torch-cuda", "onnxruntime")
-#: ``auto``: ``levels`` for a model with the grain-separable encoding, ``dbscan`` for the paper's.
+#: ``auto``: ``levels`` for a model with the grain-separable encoding, ``dbscan`` for the paper's and
+#: (with clusters under 40 voxels refilled) for analog bits.
 SEGMENTATION_METHODS = ("auto", "dbscan", "levels")
 OUTPUT_FORMATS = ("npy", "vti", "spparks", "png", "field")
 MAX_SEED = 2**32 - 1  # the counter-based noise hashes the seed to 32 bits
@@ -48,7 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 8,
     "backend": "auto",
     "seed": 0,
-    "segmentation": {"method": "auto", "eps": 1.9, "min_samples": 15, "value_scale": 32.0},
+    "segmentation": {"method": "auto", "eps": 1.9, "min_samples": 15, "value_scale": 32.0, "min_size": None},
     "outputs": {"dir": "out", "formats": ["npy", "vti", "png"]},
     "reference": None,
     "checkpoint_every": 1,
@@ -95,6 +96,7 @@ class SegmentationConfig:
     eps: float
     min_samples: int
     value_scale: float
+    min_size: int | None = None   # None: the method's default (levels 5, dbscan 1; auto for bits: 40)
 
 
 @dataclass(frozen=True)
@@ -285,7 +287,7 @@ def _sampler(where: str, value: Any) -> SamplerConfig:
 def _segmentation(where: str, value: Any) -> SegmentationConfig:
     example = '"segmentation": {"method": "dbscan", "eps": 1.9, "min_samples": 15}'
     obj = _as_object(where, "segmentation", value, example)
-    _check_keys(where, "segmentation", obj, ("method", "eps", "min_samples", "value_scale"))
+    _check_keys(where, "segmentation", obj, ("method", "eps", "min_samples", "value_scale", "min_size"))
     d = DEFAULTS["segmentation"]
     method = _as_choice(where, "segmentation.method", obj.get("method", d["method"]),
                         SEGMENTATION_METHODS, '"segmentation": {"method": "dbscan"}')
@@ -298,7 +300,10 @@ def _segmentation(where: str, value: Any) -> SegmentationConfig:
     value_scale = _as_float(where, "segmentation.value_scale",
                             obj.get("value_scale", d["value_scale"]), 0.0, None,
                             '"segmentation": {"value_scale": 32.0}')
-    return SegmentationConfig(method, eps, min_samples, value_scale)
+    min_size = obj.get("min_size")
+    if min_size is not None:
+        min_size = _as_int(where, "segmentation.min_size", min_size, 1, None, '"segmentation": {"min_size": 40}')
+    return SegmentationConfig(method, eps, min_samples, value_scale, min_size)
 
 
 def _outputs(where: str, value: Any, base: Path) -> OutputsConfig:

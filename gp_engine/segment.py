@@ -10,6 +10,9 @@ Two methods, both ending with every voxel labelled by an int32 grain id 1..n:
   within-eps core neighbour with the smallest linear index (sklearn allows any reachable
   cluster; this fixed rule makes tiled and untiled runs identical). Clusters are numbered in
   C order of their first core voxel.
+* either method may then drop clusters under ``min_size`` voxels (``levels`` by default: 5; a
+  speckled field from an imperfect model is better cut with a larger value, see
+  bench/results/segmentation_compare.md) for the noise fill to absorb.
 * ``levels`` (for grain-separable encodings): snap each voxel to the nearest encoding level,
   take 26-connected components of equal level, drop components smaller than ``min_size``
   voxels (default 5: isolated mis-snapped voxels and pairs are what snapping noise produces;
@@ -190,13 +193,13 @@ def segment(field: np.ndarray, method: str = "dbscan", eps: float = DEFAULT_EPS,
             min_samples: int = DEFAULT_MIN_SAMPLES, value_scale: float = DEFAULT_VALUE_SCALE,
             levels: int | Sequence[float] | None = None, tile: int | None = None,
             out: np.ndarray | None = None, progress: bool = False,
-            min_size: int = DEFAULT_MIN_SIZE) -> np.ndarray:
+            min_size: int | None = None) -> np.ndarray:
     """Label every voxel of a generated field with a grain id (int32, 1..n).
 
     ``method="dbscan"``: exact grid DBSCAN (eps, min_samples, value_scale) then
     :func:`fill_noise`. ``method="levels"``: snap to ``levels`` (K or a list), 26-connected
-    components of equal level, components under ``min_size`` voxels refilled by
-    :func:`fill_noise`. ``tile=T`` runs out-of-core in T³ tiles (field and ``out`` may be
+    components of equal level. Either way, clusters under ``min_size`` voxels (default: 5 for
+    ``levels``, 1 = keep all for ``dbscan``) are refilled by :func:`fill_noise`. ``tile=T`` runs out-of-core in T³ tiles (field and ``out`` may be
     ``np.memmap``) with a result identical to the untiled run; volumes of 2^31 voxels or more
     are always tiled (T = 256). ``out`` (int32, C-contiguous, field's shape) receives the result
     and is returned.
@@ -207,6 +210,8 @@ def segment(field: np.ndarray, method: str = "dbscan", eps: float = DEFAULT_EPS,
     if method == "dbscan":
         _check_params(eps, min_samples, value_scale)
     lv = resolve_levels(levels) if method == "levels" else None
+    if min_size is None:
+        min_size = DEFAULT_MIN_SIZE if method == "levels" else 1
     if int(min_size) != min_size or min_size < 1:
         raise GPEngineError(f"min_size must be a positive integer; got {min_size}")
     if out is not None:
@@ -219,7 +224,7 @@ def segment(field: np.ndarray, method: str = "dbscan", eps: float = DEFAULT_EPS,
         return _segment_tiled(field, method, eps, min_samples, value_scale, lv, int(min_size),
                               int(tile), out, progress)
     labels = _label_block(field, method, eps, min_samples, value_scale, lv)
-    if method == "levels":
+    if min_size > 1:
         labels = _drop_small(labels, min_size)
     _segment.fill_noise(labels, -1, True)
     if out is None:
@@ -374,7 +379,7 @@ def _segment_tiled(field: np.ndarray, method: str, eps: float, min_samples: int,
     root_first = np.full(base, big, dtype=np.int64)
     np.minimum.at(root_first, parent, np.where(first_all >= 0, first_all, big))
     roots = np.nonzero((parent == np.arange(base)) & (root_first < big))[0]
-    if method == "levels":
+    if min_size > 1:
         root_size = np.bincount(parent, weights=count_all, minlength=base)
         roots = roots[root_size[roots] >= min_size]
     roots = roots[np.argsort(root_first[roots], kind="stable")]

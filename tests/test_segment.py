@@ -241,6 +241,7 @@ def test_resolve_levels():
     ("dbscan", dict(min_samples=15), False),
     ("dbscan", dict(min_samples=18, eps=1.8), True),
     ("levels", dict(levels=[k / 7 for k in range(7)], min_size=6), False),
+    ("dbscan", dict(min_samples=15, min_size=30), False),
 ])
 def test_tiled_equals_untiled_memmap(tmp_path, method, kw, hole):
     f = spparks_field((29, 23, 26), sigma=0.05)
@@ -265,6 +266,28 @@ def test_tiled_equals_untiled_memmap(tmp_path, method, kw, hole):
         assert got is out
         out.flush()
         np.testing.assert_array_equal(np.load(tmp_path / f"o{tile}.npy"), ref)
+
+
+def test_dbscan_min_size_keeps_exactly_the_big_clusters():
+    """dbscan with min_size m: one grain per DBSCAN cluster of >= m voxels (sklearn reference), each
+    grain containing its cluster's core; the smaller clusters and the noise are absorbed by the fill."""
+    from sklearn.cluster import DBSCAN
+
+    f = spparks_field((24, 22, 20), sigma=0.05)
+    pts = np.argwhere(np.ones(f.shape, bool)).astype(np.float64)
+    pts = np.column_stack([pts, DEFAULT_VALUE_SCALE * f.reshape(-1)])
+    db = DBSCAN(eps=1.9, min_samples=15).fit(pts)
+    ref = db.labels_.reshape(f.shape)
+    core = np.zeros(f.size, bool)
+    core[db.core_sample_indices_] = True
+    core = core.reshape(f.shape)
+    sizes = np.bincount(ref[ref >= 0].ravel())
+    big = np.nonzero(sizes >= 30)[0]
+    assert 5 < big.size < sizes.size  # the case has both kinds
+    got = segment(f, "dbscan", min_size=30)
+    assert got.max() == big.size
+    for c in big:  # border voxels may join another reachable cluster (module doc): compare cores
+        assert len(np.unique(got[(ref == c) & core])) == 1
 
 
 def test_tiled_all_noise_is_one_grain():

@@ -46,9 +46,9 @@ def register(sub):
                    help="levels method: K evenly spaced levels in [-1, 1] or a comma list "
                         "(default: the encoding's default K); write --levels=-1,0,1 when the list "
                         "starts with a minus sign")
-    p.add_argument("--min-size", type=int, default=DEFAULT_MIN_SIZE,
-                   help="levels method: fragments smaller than this are refilled from their "
-                        "neighbours (default: %(default)s)")
+    p.add_argument("--min-size", type=int, default=None,
+                   help="clusters smaller than this are refilled from their neighbours "
+                        f"(default: {DEFAULT_MIN_SIZE} for levels, 1 = keep all for dbscan)")
     p.add_argument("--tile", type=int, default=None,
                    help="process in N^3 tiles (out-of-core for .npy); same result as untiled")
     p.add_argument("--progress", action="store_true", help="show a progress bar per pass")
