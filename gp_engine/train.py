@@ -191,10 +191,18 @@ def _load_sources(opts: TrainOptions, device: torch.device, encoding: dict, resu
     if resumed is not None:
         train_files = [Path(p) for p in resumed["training"]["train_files"]]
         val_files = [Path(p) for p in resumed["training"]["val_files"]]
+        if opts.data:  # the same files (by name) where they live on this machine
+            here = {f.name: f for f in list_volume_files(opts.data)}
+            missing = [f.name for f in train_files + val_files if f.name not in here]
+            if missing:
+                raise GPEngineError(f"cannot resume: --data lacks {', '.join(missing[:3])} "
+                                    f"({len(missing)} of the run's files); give the folder that holds them")
+            train_files = [here[f.name] for f in train_files]
+            val_files = [here[f.name] for f in val_files]
         gone = [str(p) for p in train_files + val_files if not p.is_file()]
         if gone:
             raise GPEngineError(f"cannot resume: training files {', '.join(gone[:3])} are gone; "
-                                "resume where the data lives or start a new run")
+                                "pass --data DIR where they live, or start a new run")
     else:
         if not opts.data:
             raise GPEngineError("no training data given; use --data DIR (volume files: .npz/.npy/.vti/SPPARKS dump)")

@@ -122,3 +122,21 @@ def test_cuda_bf16_training_and_pipeline(data_dir, tmp_path):  # pragma: no cove
     assert torch.equal(ref, got)
     meta = train(_opts(data_dir, tmp_path / "g.pt", device="cuda", precision="bf16", batch_size=8))
     assert np.isfinite(meta["final_train_loss"]) and meta["precision"] == "bf16"
+
+
+def test_resume_finds_the_files_by_name_in_data(data_dir, tmp_path):
+    import shutil
+
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(data_dir, moved)
+    out = tmp_path / "r.pt"
+    train(_opts(moved, out, steps=2))
+    other = tmp_path / "moved_again"
+    moved.rename(other)
+    with pytest.raises(GPEngineError, match="are gone"):
+        train(_opts(moved, out, steps=3, resume=True, data=[]))
+    meta = train(_opts(other, out, steps=3, resume=True))
+    assert meta["steps"] == 3 and all(str(other) in f for f in meta["train_files"])
+    (other / "crop_seed1019.npy").unlink()
+    with pytest.raises(GPEngineError, match="lacks crop_seed1019.npy"):
+        train(_opts(other, out, steps=4, resume=True))
