@@ -2,7 +2,6 @@
 through train -> build (ONNX with B input channels) -> multi-channel canvas -> generate -> grains."""
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest

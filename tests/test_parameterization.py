@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_crops
 
 from gp_engine.checkpoint import load_checkpoint, load_model
 from gp_engine.diffusion import linear_schedule
@@ -14,7 +15,6 @@ from gp_engine.parameterization import (TARGETS, EpsAdapter, loss_weight, to_eps
                                         training_target)
 from gp_engine.train import TrainOptions, diffusion_loss, train
 
-DATA = Path(__file__).resolve().parent.parent / "gp_engine" / "data"
 
 
 def _state(seed=0, n=6):
@@ -96,11 +96,7 @@ def test_eps_adapter_turns_any_exact_prediction_into_the_true_noise(target):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("vols")
-    for seed in (1001, 1019):
-        spins = np.load(DATA / f"potts_iso_100_seed{seed}.npz")["spins"]
-        np.save(d / f"crop_seed{seed}.npy", spins[:48, :48, :48].copy())
-    return d
+    return write_crops(tmp_path_factory.mktemp("vols"), (48, 48, 48))
 
 
 def _opts(data_dir, out, **kw):

@@ -5,21 +5,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_crops
 
 from gp_engine.checkpoint import FORMAT_VERSION, load_checkpoint, load_model, save_checkpoint
 from gp_engine.errors import GPEngineError
 from gp_engine.train import TrainOptions, ema_decay_at, train
 
-DATA = Path(__file__).resolve().parent.parent / "gp_engine" / "data"
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("vols")
-    for seed in (1001, 1019):
-        spins = np.load(DATA / f"potts_iso_100_seed{seed}.npz")["spins"]
-        np.save(d / f"crop_seed{seed}.npy", spins[:40, :40, :36].copy())
-    return d
+    return write_crops(tmp_path_factory.mktemp("vols"), (40, 40, 36))
 
 
 def _opts(data_dir, out, **kw):
