@@ -1,7 +1,6 @@
 """Prediction targets (ε, x₀, v) and loss weighting: analytic identities, training on a toy
 distribution, and the round trip through build (ONNX outputs ε) and the CPU sampler."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
