@@ -109,7 +109,7 @@ def env_info() -> dict:
 
 
 def quality(model_dir: Path, data: Path, out: Path, preset: str, volumes: int, shape, backend: str,
-            batch: int, progress: bool) -> dict:
+            batch: int, progress: bool, segmentation: dict | None = None) -> dict:
     from gp_engine.generate import generate
     from gp_engine.stats import summarize
     from gp_engine.volume_io import read_volume
@@ -120,6 +120,8 @@ def quality(model_dir: Path, data: Path, out: Path, preset: str, volumes: int, s
         plan = {"version": 1, "geometry": {"shape": list(shape)}, "model": str(model_dir),
                 "sampler": {"preset": preset}, "batch_size": batch, "backend": backend, "seed": i,
                 "outputs": {"dir": str(o), "formats": ["npy", "png"]}}
+        if segmentation:
+            plan["segmentation"] = segmentation
         res = generate(plan, out_dir=o, force=True, progress=progress)
         runs.append({k: res["timing"][k] for k in ("seconds", "voxels_per_min", "backend",
                                                    "evaluations_per_block", "blocks")})
@@ -143,8 +145,11 @@ def main(argv=None) -> int:
     p.add_argument("--deadline", type=float, default=540.0, help="seconds for everything (default 540 = 9 min)")
     p.add_argument("--train-min", type=float, default=4.0, help="training wall minutes (default 4)")
     p.add_argument("--preset", default="small", help="U-Net preset of the GPU lineage (default small)")
-    p.add_argument("--target", default="v", help="prediction target of a new lineage (default v)")
-    p.add_argument("--weighting", default="min-snr", help="loss weighting of a new lineage (default min-snr)")
+    # a new lineage starts from the best CPU configuration (bench/results/quality_per_compute.md)
+    p.add_argument("--encoding", default="bits", help="encoding of a new lineage (default bits)")
+    p.add_argument("--bits", type=int, default=4, help="analog-bits channels of a new lineage (default 4)")
+    p.add_argument("--target", default="eps", help="prediction target of a new lineage (default eps)")
+    p.add_argument("--weighting", default="uniform", help="loss weighting of a new lineage (default uniform)")
     p.add_argument("--batch-size", type=int, default=64, help="training blocks per step (default 64)")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--compile", action="store_true", help="torch.compile the training step (needs a C compiler)")
@@ -185,6 +190,7 @@ def main(argv=None) -> int:
         opts = TrainOptions(data=[str(f) for f in files], out=str(ckpt), preset=a.preset, steps=10**9,
                             batch_size=a.batch_size, device=device, precision="bf16" if cuda else "fp32",
                             lr=a.lr, target=a.target, weighting=a.weighting, time_limit_min=a.train_min,
+                            encoding=a.encoding, bits=a.bits,
                             resume=resume, force=not resume, compile=a.compile and cuda, val_every=200,
                             val_blocks=8 if dry else 64, checkpoint_every=500, progress=False,
                             threads=None if cuda else 1)
@@ -219,7 +225,8 @@ def main(argv=None) -> int:
         if not ckpt.is_file():
             raise RuntimeError(f"{ckpt} was not written (training failed)")
         m = build_model(ckpt, model_dir, batch_sizes=[1, 8, 64], log=lambda *x: None)
-        return {"name": m["name"], "target": m.get("target"), "verification": m["verification"]}
+        return {"name": m["name"], "target": m.get("target"), "encoding": m["encoding"],
+                "verification": m["verification"]}
 
     if "build" not in skip:
         camp.stage("build", build_stage, need_s=20)
@@ -236,12 +243,16 @@ def main(argv=None) -> int:
         camp.stage("tests", tests_stage, need_s=240)
 
     shape = [32] * 3 if dry else [100] * 3
+    # dry run: a model trained for seconds paints noise; keep every fragment so the statistics exist
+    seg = {"method": "levels", "min_size": 1} if dry else None
     if "quality" not in skip:
         camp.stage("quality", lambda: quality(model_dir, data, out / "quality_fast", "fast", 1 if dry else 4,
-                                              shape, backend, 2 if dry else 64, progress=not dry), need_s=60)
+                                              shape, backend, 2 if dry else 64, progress=not dry,
+                                              segmentation=seg), need_s=60)
     if "paper" not in skip:
         camp.stage("paper", lambda: quality(model_dir, data, out / "paper", "fast" if dry else "paper", 1, shape,
-                                            backend, 2 if dry else 64, progress=not dry), need_s=150)
+                                            backend, 2 if dry else 64, progress=not dry, segmentation=seg),
+                       need_s=150)
     for key in ("quality", "paper"):  # the bulky volumes stay on the device; keep PNGs and results
         d = out / ("quality_fast" if key == "quality" else key)
         if d.is_dir() and not dry:

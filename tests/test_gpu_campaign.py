@@ -18,7 +18,7 @@ def test_gpu_campaign_dry_run(tmp_path):
     assert all(s["status"] == "ok" for s in stages.values()), {k: s.get("error") for k, s in stages.items()}
     assert stages["env"]["modules"]["gp_engine"] != "missing"
     assert stages["train"]["steps"] >= 1 and (tmp_path / "gpu_tiny.pt").is_file()
-    assert stages["build"]["target"] == "v"
+    assert stages["build"]["target"] == "eps" and stages["build"]["encoding"]["kind"] == "bits"
     assert (tmp_path / "model" / "manifest.json").is_file()
     q = stages["quality"]["summary"]
     assert q["grains"] > 0 and all(q[k] >= 0 for k in ("kl_volume", "kl_aspect", "kl_centroid"))
