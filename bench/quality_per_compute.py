@@ -117,14 +117,15 @@ def render_md(rows: list[dict]) -> str:
                   f"aspect {floor['kl_aspect']:.4f}, centroid {floor['kl_centroid']:.4f}; paper Table 1 (r = 10): "
                   f"{PAPER_R10['kl_volume']} / {PAPER_R10['kl_aspect']} / {PAPER_R10['kl_centroid']}. "
                   f"SPPARKS median grain: {SPPARKS_MEDIAN} voxels.", ""]
-    lines += ["| config | encoding | target | weighting | net | crop | device | budget (min, total) | samples | val x̂₀ err | val ε-MSE "
+    lines += ["| config | encoding | target | weighting | net | crop | device | sampler | segmentation | budget (min, total) | samples | val x̂₀ err | val ε-MSE "
               "| volumes | KL volume | KL aspect | KL centroid | grains | median vol | voxels in < 20 | "
               "level dist | date | commit |",
-              "|" + "---|" * 21]
+              "|" + "---|" * 23]
     for r in rows:
         c, s = r["config"], r["summary"]
         lines.append(
             f"| {c['name']} | {_enc(c.get('encoding'))} | {c['target']} | {c['weighting']} | {c['preset']} | {c['crop']} | {r['device_kind']} "
+            f"| {r.get('sampler_preset', 'fast')} | {r.get('segmentation', 'levels/5')} "
             f"| {r['budget_min_total']:.0f} | {r['samples_seen']} | {_fmt(r.get('final_val_x0w'))} "
             f"| {_fmt(r.get('final_val_eps_mse'))} "
             f"| {r['volumes']}×{'x'.join(map(str, r['shape']))} | {s['kl_volume']:.3f} | {s['kl_aspect']:.3f} "
@@ -265,6 +266,10 @@ def main(argv=None) -> int:
     enc = ck.get("encoding") or {}
     levels = enc.get("kind") in ("separable", "bits")
     lvl = [field_level_distance(f, enc) for f in fields]
+    from gp_engine.generate import segmentation_kwargs
+
+    sk = segmentation_kwargs(None, enc.get("levels"), enc.get("kind"))
+    seg_name = f"{sk['method']}/{sk.get('min_size') or (5 if sk['method'] == 'levels' else 1)}"
     obj = ck.get("objective") or {}
     config = {"name": a.config, "target": ck.get("prediction", "eps"), "weighting": obj.get("weighting", "uniform"),
               "preset": ck["config"].get("preset"), "channels": ck["config"]["channels"],
@@ -279,7 +284,7 @@ def main(argv=None) -> int:
            "steps": meta["steps"], "samples_seen": meta["samples_seen"],
            "final_train_loss": meta.get("final_train_loss"), "final_val_loss": meta.get("final_val_loss"),
            "final_val_x0w": meta.get("final_val_x0w"),
-           "sampler_preset": a.preset_sampler, "volumes": volumes, "shape": shape,
+           "sampler_preset": a.preset_sampler, "segmentation": seg_name, "volumes": volumes, "shape": shape,
            "reference": [q.name for q in refs_paths],
            "summary": {k: summary[k] for k in KEYS + ("grains", "mean_volume", "median_volume")},
            **grain_figures(grains),

@@ -199,6 +199,24 @@ IN_RAM_VOXELS = 256 ** 3
 AUTO_BITS_MIN_SIZE = 40
 
 
+def segmentation_kwargs(seg, levels: int | None = None, encoding_kind: str | None = None) -> dict:
+    """The ``segment()`` keyword arguments for a plan's segmentation settings and a model's encoding
+    (``auto`` resolved: levels for separable, dbscan for paper, dbscan + ``AUTO_BITS_MIN_SIZE`` for bits)."""
+    get = (seg.get if isinstance(seg, dict) else lambda k, d=None: getattr(seg, k, d)) \
+        if seg is not None else (lambda k, d=None: d)
+    kwargs = {k: get(k) for k in ("method", "eps", "min_samples", "value_scale", "min_size")
+              if get(k) is not None}
+    if kwargs.get("method", "auto") == "auto":  # the model's encoding decides (README: defaults)
+        if encoding_kind == "bits":
+            kwargs["method"] = "dbscan"
+            kwargs.setdefault("min_size", AUTO_BITS_MIN_SIZE)
+        else:
+            kwargs["method"] = "levels" if levels else "dbscan"
+    if kwargs.get("method") == "levels" and levels:
+        kwargs["levels"] = int(levels)
+    return kwargs
+
+
 def segment_field(field: np.ndarray, seg, out_dir: Path | None = None,
                   progress: bool = False, levels: int | None = None,
                   encoding_kind: str | None = None) -> np.ndarray:
@@ -213,18 +231,7 @@ def segment_field(field: np.ndarray, seg, out_dir: Path | None = None,
     """
     from .segment import segment
 
-    get = (seg.get if isinstance(seg, dict) else lambda k, d=None: getattr(seg, k, d)) \
-        if seg is not None else (lambda k, d=None: d)
-    kwargs = {k: get(k) for k in ("method", "eps", "min_samples", "value_scale", "min_size")
-              if get(k) is not None}
-    if kwargs.get("method", "auto") == "auto":  # the model's encoding decides (README: defaults)
-        if encoding_kind == "bits":
-            kwargs["method"] = "dbscan"
-            kwargs.setdefault("min_size", AUTO_BITS_MIN_SIZE)
-        else:
-            kwargs["method"] = "levels" if levels else "dbscan"
-    if kwargs.get("method") == "levels" and levels:
-        kwargs["levels"] = int(levels)
+    kwargs = segmentation_kwargs(seg, levels, encoding_kind)
     if field.size > IN_RAM_VOXELS and out_dir is not None:
         out = np.lib.format.open_memmap(Canvas.path(out_dir) / "grains.npy", "w+", np.int32, field.shape)
         return segment(field, tile=256, out=out, progress=progress, **kwargs)
