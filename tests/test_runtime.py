@@ -126,9 +126,9 @@ def test_missing_onnx_file_is_a_clear_error(tmp_path):
 SETUP_ARGS = SimpleNamespace(steps=4, resample=1, jump=1, tail=1)
 
 
-def random_batch(b, seed=3):
+def random_batch(b, seed=3, channels=1):
     rng = np.random.default_rng(seed)
-    x0 = rng.uniform(-1, 1, (b, 1, 32, 32, 32)).astype(np.float32)
+    x0 = rng.uniform(-1, 1, (b, channels, 32, 32, 32)).astype(np.float32)
     mask = np.zeros(x0.shape, np.uint8)
     mask[:, :, :10] = 1
     mask[0] = 0  # one block without known voxels
@@ -222,7 +222,7 @@ def test_shipped_model_torch_vs_onnxruntime(torch_one_thread):
         pytest.skip(f"no shipped model yet: {exc}")
     teng = TorchEngine.from_model_dir(model_dir, manifest, 2, device="cpu")
     oeng = load_engine(model_dir, "onnxruntime", 2)
-    x0, mask = random_batch(2)
+    x0, mask = random_batch(2, channels=int(manifest["unet"].get("in_channels", 1)))
     t = np.array([0, 200], np.float32)
     np.testing.assert_allclose(teng.predict_eps(x0, t), oeng.predict_eps(x0, t), atol=1e-4)
     setup = repaint.make_setup(linear_schedule(250), SimpleNamespace(steps=3, resample=1, jump=1, tail=0))
