@@ -196,7 +196,7 @@ IN_RAM_VOXELS = 256 ** 3
 #: ``auto`` segmentation of an analog-bits model: DBSCAN on the decoded codes, clusters under this
 #: many voxels refilled (bench/results/segmentation_compare.md: the best grain statistics on the fields
 #: of the CPU-trained bits models, whose boundaries are speckled).
-AUTO_BITS_MIN_SIZE = 40
+AUTO_BITS_MIN_SIZE = 80
 
 
 def segmentation_kwargs(seg, levels: int | None = None, encoding_kind: str | None = None) -> dict:

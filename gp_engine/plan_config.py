@@ -37,7 +37,7 @@ SAMPLER_PRESETS: dict[str, dict[str, int]] = {
 PLAN_KINDS = ("grid", "center")
 BACKENDS = ("auto", "tensorrt", "torch-cuda", "onnxruntime")
 #: ``auto``: ``levels`` for a model with the grain-separable encoding, ``dbscan`` for the paper's and
-#: (with clusters under 40 voxels refilled) for analog bits.
+#: (with clusters under 80 voxels refilled) for analog bits.
 SEGMENTATION_METHODS = ("auto", "dbscan", "levels")
 OUTPUT_FORMATS = ("npy", "vti", "spparks", "png", "field")
 MAX_SEED = 2**32 - 1  # the counter-based noise hashes the seed to 32 bits
@@ -96,7 +96,7 @@ class SegmentationConfig:
     eps: float
     min_samples: int
     value_scale: float
-    min_size: int | None = None   # None: the method's default (levels 5, dbscan 1; auto for bits: 40)
+    min_size: int | None = None   # None: the method's default (levels 5, dbscan 1; auto for bits: 80)
 
 
 @dataclass(frozen=True)

@@ -81,5 +81,5 @@ def test_bits_model_trains_builds_and_generates(tmp_path):
     field = np.load(tmp_path / "out" / "field.npy")
     grains = np.load(tmp_path / "out" / "grains.npy")
     assert field.shape == (3, 40, 36, 32) and grains.shape == (40, 36, 32) and grains.min() >= 1
-    # auto segmentation of a bits model: DBSCAN on the decoded code, clusters under 40 voxels refilled
-    assert np.array_equal(grains, segment(bits_display(field), "dbscan", min_size=40))
+    # auto segmentation of a bits model: DBSCAN on the decoded code, clusters under 80 voxels refilled
+    assert np.array_equal(grains, segment(bits_display(field), "dbscan", min_size=80))

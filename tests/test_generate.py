@@ -206,7 +206,7 @@ def test_generate_end_to_end_with_kill_and_resume(tmp_path):
 
 def test_auto_segmentation_follows_the_model_encoding():
     """method "auto" = levels for a separable-encoded model (K levels), dbscan for the paper encoding,
-    dbscan with min_size 40 on the decoded codes for analog bits."""
+    dbscan with min_size 80 on the decoded codes for analog bits."""
     from gp_engine.encoding import separable_encode
     from gp_engine.generate import segment_field
     from gp_engine.segment import segment
@@ -220,15 +220,15 @@ def test_auto_segmentation_follows_the_model_encoding():
     auto_paper = segment_field(field, {"method": "auto"}, levels=None)
     np.testing.assert_array_equal(auto_paper, segment(field, method="dbscan"))
     assert not np.array_equal(auto_sep, auto_paper)
-    # analog bits: DBSCAN on the decoded codes with clusters under 40 voxels refilled
+    # analog bits: DBSCAN on the decoded codes with clusters under 80 voxels refilled
     from gp_engine.encoding import bits_display, bits_encode
 
     small = ids.copy()
-    small[:3, :3, :3] = 99  # a 27-voxel grain: kept by plain dbscan, refilled with min_size 40
+    small[:3, :3, :3] = 99  # a 27-voxel grain: kept by plain dbscan, refilled with min_size 80
     bits = bits_encode(small, 3, rng=0) + rng.normal(0, 0.3, (3,) + ids.shape).astype(np.float32)
     disp = bits_display(bits)
     auto_bits = segment_field(disp, {"method": "auto"}, levels=8, encoding_kind="bits")
-    np.testing.assert_array_equal(auto_bits, segment(disp, method="dbscan", min_size=40))
+    np.testing.assert_array_equal(auto_bits, segment(disp, method="dbscan", min_size=80))
     assert not np.array_equal(auto_bits, segment(disp, method="dbscan"))
 
 
