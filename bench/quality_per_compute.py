@@ -146,11 +146,14 @@ def plot_rows(rows: list[dict], path: Path = ROOT / "bench" / "plots" / "quality
     from gp_engine.atomic_write import save_figure
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    names = list(dict.fromkeys(r["config"]["name"] for r in rows))
+    def key(r):  # one line per configuration and segmentation (a change of method is not progress)
+        return f"{r['config']['name']} [{r.get('segmentation', 'levels/5')}, {r.get('sampler_preset', 'fast')}]"
+
+    names = list(dict.fromkeys(key(r) for r in rows))
     floor = next((r["floor_spparks_5v5"] for r in reversed(rows) if r.get("floor_spparks_5v5")), None)
     for ax, k in zip(axes, KEYS):
         for n in names:
-            rs = sorted((r for r in rows if r["config"]["name"] == n), key=lambda r: r["budget_min_total"])
+            rs = sorted((r for r in rows if key(r) == n), key=lambda r: r["budget_min_total"])
             ax.plot([r["budget_min_total"] for r in rs], [r["summary"][k] for r in rs], "o-", label=n, ms=4)
         ax.axhline(PAPER_R10[k], color="k", ls="--", lw=1, label="paper Table 1")
         if floor:
