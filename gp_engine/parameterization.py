@@ -33,8 +33,12 @@ DEFAULT_GAMMA = 5.0
 
 def check_target(target: str) -> str:
     if target not in TARGETS:
-        raise GPEngineError(f"prediction target {target!r} is unknown; use one of {', '.join(TARGETS)}")
+        raise _unknown_target(target)
     return target
+
+
+def _unknown_target(target: str) -> GPEngineError:
+    return GPEngineError(f"prediction target {target!r} is unknown; use one of {', '.join(TARGETS)}")
 
 
 def check_weighting(weighting: str) -> str:
@@ -56,7 +60,7 @@ def training_target(target: str, x0: torch.Tensor, noise: torch.Tensor, a: torch
         return x0
     if target == "v":
         return _bcast(a, x0) * noise - _bcast(s, x0) * x0
-    raise GPEngineError(f"prediction target {target!r} is unknown; use one of {', '.join(TARGETS)}")
+    raise _unknown_target(target)
 
 
 def loss_weight(weighting: str, target: str, a: torch.Tensor, s: torch.Tensor,
@@ -74,7 +78,7 @@ def loss_weight(weighting: str, target: str, a: torch.Tensor, s: torch.Tensor,
         return clipped
     if target == "v":
         return clipped / (snr + 1.0)
-    raise GPEngineError(f"prediction target {target!r} is unknown; use one of {', '.join(TARGETS)}")
+    raise _unknown_target(target)
 
 
 def to_eps(target: str, pred: torch.Tensor, xt: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -86,7 +90,7 @@ def to_eps(target: str, pred: torch.Tensor, xt: torch.Tensor, a: torch.Tensor, s
         return (xt - a * pred) / s
     if target == "v":
         return s * xt + a * pred
-    raise GPEngineError(f"prediction target {target!r} is unknown; use one of {', '.join(TARGETS)}")
+    raise _unknown_target(target)
 
 
 def to_x0(target: str, pred: torch.Tensor, xt: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -98,7 +102,7 @@ def to_x0(target: str, pred: torch.Tensor, xt: torch.Tensor, a: torch.Tensor, s:
         return (xt - s * pred) / a
     if target == "v":
         return a * xt - s * pred
-    raise GPEngineError(f"prediction target {target!r} is unknown; use one of {', '.join(TARGETS)}")
+    raise _unknown_target(target)
 
 
 class EpsAdapter(nn.Module):
