@@ -40,21 +40,32 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
 
     The temporary file exists (empty) when the block starts. Nothing else is created: a missing parent
     directory raises :class:`GPEngineError` (create it first). On an exception in the block (or in the
-    final chmod/rename) the temporary file is removed and the exception re-raised.
+    final chmod/rename) the temporary file is removed and the exception re-raised; an OSError that
+    named the temporary file (or no file) names ``path`` instead.
     """
     path = Path(path)
     parent = path.parent
     if not parent.is_dir():
+        if parent.exists():
+            raise GPEngineError(f"cannot write '{path}': '{parent}' is a file, not a folder; check the path")
         raise GPEngineError(f"output directory '{parent}' does not exist: create it first")
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=parent)
+    except OSError as exc:  # e.g. EACCES/EROFS on the folder: name the file the user asked for
+        exc.filename, exc.filename2 = str(path), None
+        raise
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename in (None, str(tmp), tmp):
+            # name the file the user asked for, not the hidden temporary (a failed write, e.g. on
+            # a full disk, names no file at all)
+            exc.filename, exc.filename2 = str(path), None
         raise
 
 

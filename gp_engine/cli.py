@@ -3,6 +3,10 @@
 Each sub-command lives in ``gp_engine/commands/<name>.py`` with ``register(subparsers)`` and
 ``run(args) -> int``. Heavy imports (torch, onnxruntime) happen inside ``run`` so that
 ``gp-engine --help`` is instant and generation on CPU never imports torch.
+
+Errors a user can cause (GPEngineError, an OSError on a path, MemoryError, a missing optional module)
+print one line ``gp-engine CMD: error: MSG`` (:func:`gp_engine.errors.user_message`) and exit with
+status 2; any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import importlib
 import sys
 
 from . import __version__
-from .errors import GPEngineError
+from .errors import GPEngineError, user_message
 
 COMMANDS = ["segment", "stats", "train", "build", "plan", "generate"]
 
@@ -37,12 +41,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args._run(args) or 0)
-    except GPEngineError as exc:
-        print(f"gp-engine {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"\ngp-engine {args.command}: interrupted", file=sys.stderr)
         return 130
+    except (GPEngineError, OSError, MemoryError, ModuleNotFoundError) as exc:
+        # errors the user can cause: one line, status 2; anything else is a bug and keeps its traceback
+        message = user_message(exc)
+        if message is None:
+            raise
+        print(f"gp-engine {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -99,3 +99,28 @@ def test_volume_npy_writer_gives_public_mode(tmp_path, umask_022):
     np.testing.assert_array_equal(np.load(path), vol)
     assert mode_of(path) == umask_022
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grains.npy"]
+
+
+def test_os_errors_name_the_target_not_the_temporary(tmp_path, monkeypatch):
+    """A full disk while writing (no file in the OSError) or a failed rename names the file asked for."""
+    import errno
+
+    target = tmp_path / "out.bin"
+    with pytest.raises(OSError) as info:
+        with atomic_open(target) as fh:
+            raise OSError(errno.ENOSPC, "No space left on device")  # what fh.write raises on a full disk
+    assert info.value.filename == str(target) and info.value.errno == errno.ENOSPC
+
+    def denied(src, dst):
+        raise PermissionError(errno.EACCES, "Permission denied", str(src), None, str(dst))
+
+    monkeypatch.setattr(os, "replace", denied)
+    with pytest.raises(PermissionError) as info:
+        with atomic_open(target) as fh:
+            fh.write(b"x")
+    assert info.value.filename == str(target) and info.value.filename2 is None
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(GPEngineError, match="is a file, not a folder"):
+        with atomic_open(tmp_path / "file" / "x.bin"):
+            pass

@@ -59,6 +59,9 @@ def register(sub) -> argparse.ArgumentParser:
 def run(args) -> int:
     import json
 
+    from ..errors import require
+
+    require("torch", "train", "gp-engine train")
     from ..train import TrainOptions, train
 
     opts = TrainOptions(
