@@ -17,6 +17,8 @@ written, given the mode a plain ``open()`` would give, then ``os.replace``d; the
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -337,6 +339,72 @@ def read_vti(path: str | os.PathLike) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------- writers
+
+
+#: errnos of posix_fallocate meaning "not supported here" (then zeros are written instead)
+_FALLOCATE_UNSUPPORTED = {getattr(errno, k) for k in ("EOPNOTSUPP", "ENOTSUP", "EINVAL", "ENOSYS", "ENODEV")
+                          if hasattr(errno, k)}
+_ZERO_CHUNK = 1 << 24
+
+
+def _preallocate(fh, offset: int, nbytes: int) -> None:
+    """Reserve ``nbytes`` of disk from ``offset`` (posix_fallocate, else by writing zeros in chunks)."""
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is not None:
+        fh.flush()
+        try:
+            fallocate(fh.fileno(), offset, nbytes)
+            return
+        except OSError as exc:
+            if exc.errno not in _FALLOCATE_UNSUPPORTED:
+                raise
+    fh.seek(offset)
+    zeros = bytes(min(_ZERO_CHUNK, nbytes))
+    left = nbytes
+    while left > 0:
+        n = min(left, len(zeros))
+        fh.write(zeros if n == len(zeros) else zeros[:n])
+        left -= n
+    fh.flush()
+    os.fsync(fh.fileno())  # a delayed-allocation file system reports a full disk here at the latest
+
+
+def open_npy_memmap(path: str | os.PathLike, dtype, shape: tuple[int, ...]) -> np.memmap:
+    """Create ``path`` as a ``.npy`` file of ``shape`` and ``dtype`` (C order, zeros) and return a
+    writable ``np.memmap`` over its data, like ``np.lib.format.open_memmap(path, "w+", dtype, shape)``,
+    but with every data byte allocated on disk before the mapping is made.
+
+    A memmap over a sparse file (what ``open_memmap`` creates) fails on a full disk only when a page is
+    written back, and then with SIGBUS, which kills the process. Here a full disk (ENOSPC, EDQUOT) or a
+    too-large file (EFBIG) raises an ``OSError`` naming ``path`` at once, and the partly created file
+    is removed, so callers (``atomic_write.atomic_path`` for outputs, the generate canvas) can clean up
+    and report one line. Preallocation uses ``os.posix_fallocate``; where it is missing or the file
+    system does not support it, zeros are written in 16 MiB chunks. An existing ``path`` is truncated.
+    """
+    path = Path(path)
+    dtype = np.dtype(dtype)
+    shape = tuple(int(s) for s in shape)
+    if dtype.hasobject:
+        raise GPEngineError(f"cannot memory-map an array of dtype {dtype} to '{path}'")
+    if any(s < 0 for s in shape) or int(np.prod(shape, dtype=np.int64)) == 0:
+        raise GPEngineError(f"cannot create an empty or negative-shape memmap {shape} at '{path}'")
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    try:
+        with open(path, "wb") as fh:
+            try:
+                np.lib.format.write_array_header_1_0(fh, header)
+            except ValueError:  # header over 64 KiB: format 2.0
+                np.lib.format.write_array_header_2_0(fh, header)
+            offset = fh.tell()
+            _preallocate(fh, offset, nbytes)
+        return np.memmap(path, dtype=dtype, mode="r+", offset=offset, shape=shape, order="C")
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)
+        raise
 
 
 def write_npy(path: str | os.PathLike, arr: np.ndarray) -> Path:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from gp_engine.errors import GPEngineError
-from gp_engine.volume_io import read_volume, write_npy, write_spparks_dump, write_volume, write_vti
+from gp_engine.volume_io import (open_npy_memmap, read_volume, write_npy, write_spparks_dump, write_volume,
+                                 write_vti)
 
 DATA = Path(__file__).resolve().parents[1] / "gp_engine" / "data"
 
@@ -169,3 +170,48 @@ def test_vti_opens_in_vtk_reader(tmp_path, vol):
         values = vtk_to_numpy(data.GetArray("grain_id"))
         assert tuple(image.GetDimensions()) == tuple(n + (1 if cell_data else 0) for n in vol.shape)
         np.testing.assert_array_equal(values.reshape(vol.shape, order="F"), vol)
+
+
+@pytest.mark.parametrize("fallocate", ["native", "missing", "unsupported"])
+def test_open_npy_memmap_is_a_preallocated_npy(tmp_path, monkeypatch, fallocate):
+    import errno
+    import os
+
+    if fallocate == "missing":
+        monkeypatch.delattr(os, "posix_fallocate", raising=False)
+    elif fallocate == "unsupported":  # a file system without fallocate: zeros are written instead
+        def unsupported(fd, offset, length):
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+        monkeypatch.setattr(os, "posix_fallocate", unsupported, raising=False)
+    path, shape = tmp_path / "v.npy", (64, 64, 32)
+    m = open_npy_memmap(path, np.int32, shape)
+    assert isinstance(m, np.memmap) and m.shape == shape and m.dtype == np.int32
+    # the data bytes are allocated before anything is written: not a sparse file (np.lib.format.open_memmap
+    # makes one, which a full disk turns into SIGBUS when the pages are written back)
+    nbytes = int(np.prod(shape)) * 4
+    sparse = np.lib.format.open_memmap(tmp_path / "sparse.npy", "w+", np.int32, shape)
+    if os.stat(tmp_path / "sparse.npy").st_blocks * 512 < nbytes:  # the file system makes sparse files
+        assert os.stat(path).st_blocks * 512 >= nbytes
+    del sparse
+    assert not m.any()
+    want = np.arange(np.prod(shape), dtype=np.int32).reshape(shape)
+    m[:] = want
+    m.flush()
+    del m
+    np.testing.assert_array_equal(np.load(path), want)
+    assert path.read_bytes()[:128] == (tmp_path / "sparse.npy").read_bytes()[:128]  # same .npy header
+
+
+def test_open_npy_memmap_full_disk_raises_and_removes_the_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    with pytest.raises(OSError) as info:
+        open_npy_memmap(tmp_path / "v.npy", np.float32, (64, 64, 64))
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "v.npy")
+    assert list(tmp_path.iterdir()) == []

@@ -61,7 +61,7 @@ def run(args) -> int:
     from ..atomic_write import atomic_path
     from ..errors import GPEngineError
     from ..segment import segment
-    from ..volume_io import read_volume, write_volume
+    from ..volume_io import open_npy_memmap, read_volume, write_volume
 
     src, dst = Path(args.input), Path(args.output)
     out_of_core = args.tile is not None and src.suffix.lower() == ".npy"
@@ -82,7 +82,8 @@ def run(args) -> int:
     if args.tile is not None and dst.suffix.lower() == ".npy":
         # out-of-core: an int32 .npy memmap beside OUT, renamed into place when the labels are done
         with atomic_path(dst, suffix=".tmp.npy") as tmp:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int32, shape=field.shape)
+            # disk bytes reserved up front: a full disk is an OSError here, not a SIGBUS later
+            out = open_npy_memmap(tmp, np.int32, field.shape)
             ids = segment(field, out=out, **kwargs)
             n = int(ids.max())
             out.flush()
