@@ -15,6 +15,7 @@ import copy
 import math
 import os
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -234,10 +235,20 @@ def train(opts: TrainOptions) -> dict:
     resumed = None
     if opts.resume and out.is_file():
         resumed = load_checkpoint(out, map_location=device)
+        if resumed.get("model") is None or resumed.get("optimizer") is None or not resumed.get("rng"):
+            raise GPEngineError(f"{out} is a built model copy (EMA weights only, no optimizer state), as "
+                                "'gp-engine build' writes; it cannot be resumed: resume from the original "
+                                "trainer checkpoint, or start a new run with another --out")
     elif opts.resume:
         print(f"gp-engine train: {out} does not exist yet; starting a new run", file=sys.stderr)
     elif out.exists() and not opts.force:
         raise GPEngineError(f"{out} exists; use --resume to continue it or --force to overwrite it")
+    try:  # an unusable --out (read-only, not a folder, ...) fails now, not at the first checkpoint
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out.parent).close()
+    except OSError as exc:
+        exc.filename, exc.filename2 = str(out), None
+        raise
 
     if resumed is not None:
         config, schedule_d, encoding = resumed["config"], resumed["schedule"], resumed["encoding"]

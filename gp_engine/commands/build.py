@@ -20,7 +20,8 @@ def register(sub) -> argparse.ArgumentParser:
         "build", help="export a trained checkpoint to a runnable model directory",
         description="Export a checkpoint's EMA weights to DIR/model.onnx (checked against torch with "
                     "onnxruntime), write DIR/manifest.json and DIR/model.pt, and with --tensorrt build one "
-                    "TensorRT engine per batch size (skipped with a message when tensorrt is missing).")
+                    "TensorRT engine per batch size (skipped with a message when tensorrt is missing). "
+                    "A DIR that already holds a built model is replaced only with --force.")
     p.add_argument("checkpoint", help="model.pt written by 'gp-engine train'")
     p.add_argument("--out", default="model", help="output directory (default ./model)")
     p.add_argument("--batch-sizes", type=_batch_sizes, default=[1, 16, 64],
@@ -40,6 +41,9 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--name", help="model name for the manifest")
     p.add_argument("--placeholder", action="store_true", default=None,
                    help="mark the model as a stand-in (e.g. CPU-trained) in the manifest")
+    p.add_argument("--force", action="store_true",
+                   help="replace a model already in --out (the new files are written first; the "
+                        "checkpoint being built is never overwritten)")
     return p
 
 
@@ -48,6 +52,7 @@ def run(args) -> int:
 
     m = build_model(args.checkpoint, args.out, batch_sizes=args.batch_sizes, precision=args.precision,
                     tensorrt=args.tensorrt, dynamic_batch=args.dynamic_batch, opset=args.opset,
-                    weights=args.weights, name=args.name, placeholder=args.placeholder, exporter=args.exporter)
+                    weights=args.weights, name=args.name, placeholder=args.placeholder, exporter=args.exporter,
+                    force=args.force)
     print(f"built {m['name']} in {args.out}")
     return 0
