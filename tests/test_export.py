@@ -1,6 +1,8 @@
 """ONNX export vs torch, manifest round trip and validation, TensorRT path without TensorRT, shipped model."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -79,6 +81,7 @@ def test_manifest_round_trip(built):
     assert manifest["format_version"] == FORMAT_VERSION and manifest["batch_sizes"] == [1, 4]
     assert manifest["training"]["train_files"] == ["a_seed1001.npz"]
     assert manifest["tensorrt"] is None and manifest["checkpoint"] == "model.pt"
+    assert manifest["checkpoint_sha256"] == sha256_file(model_dir / "model.pt")
     copy, meta = load_model(model_dir / "model.pt")           # EMA-only copy for the torch backend
     assert meta["optimizer"] is None and meta["model"] is None
     for k, v in model.state_dict().items():
@@ -155,3 +158,134 @@ def test_shipped_default_model_runs_and_matches_its_checkpoint():
     assert m["onnx"]["sha256"] == sha256_file(DEFAULT_MODEL_DIR / m["onnx"]["file"])
     model, _ = load_model(DEFAULT_MODEL_DIR / m["checkpoint"])
     assert compare_with_torch(model, DEFAULT_MODEL_DIR / m["onnx"]["file"], batch=1) < 1e-4
+
+
+# ----------------------------------------------------------------------------- build never loses a model
+
+
+def _quiet_build(ck, out, **kw):
+    return build_model(ck, out, batch_sizes=[1], log=lambda *a: None, **kw)
+
+
+def _snapshot(d):
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
+
+
+def _one_line(capsys):
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("gp-engine build: error: "), err
+    return err.strip()
+
+
+def test_build_refuses_to_overwrite_a_model_unless_forced(tmp_path, capsys):
+    from gp_engine.cli import main
+
+    _ckpt(tmp_path / "a.pt", seed=0)
+    out = tmp_path / "model"
+    _quiet_build(tmp_path / "a.pt", out)
+    (out / "model_b64.plan").write_bytes(b"old plan")  # an engine of the old model
+    before = _snapshot(out)
+    assert main(["build", str(tmp_path / "a.pt"), "--out", str(out), "--batch-sizes", "1"]) == 2
+    line = _one_line(capsys)
+    assert str(out) in line and "--force" in line and "manifest.json" in line
+    assert _snapshot(out) == before
+
+    _ckpt(tmp_path / "b.pt", seed=1)  # other weights: every file changes
+    assert main(["build", str(tmp_path / "b.pt"), "--out", str(out), "--batch-sizes", "1", "--force"]) == 0
+    after = _snapshot(out)
+    assert set(after) == {"manifest.json", "model.onnx", "model.pt", "loss_curve.png"}  # stale plan removed
+    assert after["model.onnx"] != before["model.onnx"] and after["model.pt"] != before["model.pt"]
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+    m = read_manifest(out)
+    assert m["onnx"]["sha256"] == sha256_file(out / "model.onnx")
+
+
+def test_build_never_overwrites_the_checkpoint_it_builds_from(tmp_path, capsys):
+    from gp_engine.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    _ckpt(run / "model.pt")  # a trainer checkpoint (raw weights, optimizer slot, history)
+    before = (run / "model.pt").read_bytes()
+    for out in (run, tmp_path / "run" / ".." / "run"):
+        for extra in ([], ["--force"]):
+            assert main(["build", str(run / "model.pt"), "--out", str(out), "--batch-sizes", "1", *extra]) == 2
+            line = _one_line(capsys)
+            assert "model.pt is the checkpoint being built" in line and "choose another --out" in line
+    os.symlink(run / "model.pt", tmp_path / "link.pt")  # the same file under another name
+    with pytest.raises(GPEngineError, match="checkpoint being built"):
+        _quiet_build(tmp_path / "link.pt", run, force=True)
+    assert (run / "model.pt").read_bytes() == before and sorted(p.name for p in run.iterdir()) == ["model.pt"]
+
+
+def test_failed_forced_build_keeps_the_old_model(tmp_path, monkeypatch):
+    import gp_engine.export.onnx_export as onnx_export
+
+    _ckpt(tmp_path / "a.pt")
+    out = tmp_path / "model"
+    _quiet_build(tmp_path / "a.pt", out)
+    before = _snapshot(out)
+    monkeypatch.setattr(onnx_export, "compare_with_torch", lambda *a, **k: 1.0)
+    with pytest.raises(GPEngineError, match="disagrees"):
+        _quiet_build(tmp_path / "a.pt", out, force=True)
+    assert _snapshot(out) == before and sorted(p.name for p in out.iterdir()) == sorted(before)
+    with pytest.raises(GPEngineError, match="disagrees"):  # a new folder is not left behind either
+        _quiet_build(tmp_path / "a.pt", tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+
+
+# ----------------------------------------------------------------------------- model integrity on load
+
+
+def _copy_model(built, tmp_path):
+    d = tmp_path / "copy"
+    shutil.copytree(built[0], d)
+    return d, json.loads((d / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize("field, value", [
+    ("onnx", "../x.onnx"), ("onnx", "/abs/model.onnx"), ("onnx", "sub/../../model.onnx"),
+    ("checkpoint", "../../model.pt"), ("checkpoint", "/etc/passwd"), ("plan", "../model_b1.plan"),
+])
+def test_manifest_file_names_stay_inside_the_model_folder(built, tmp_path, field, value):
+    d, m = _copy_model(built, tmp_path)
+    if field == "onnx":
+        m["onnx"]["file"] = value
+    elif field == "checkpoint":
+        m["checkpoint"] = value
+    else:
+        m["tensorrt"] = {"plans": {"1": value}, "precision": "fp32"}
+    (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(GPEngineError, match="not a file inside the model folder"):
+        read_manifest(d)
+
+
+def test_symlink_out_of_the_model_folder_is_refused(built, tmp_path):
+    d, m = _copy_model(built, tmp_path)
+    outside = tmp_path / "elsewhere.onnx"
+    (d / "model.onnx").rename(outside)
+    os.symlink(outside, d / "model.onnx")
+    with pytest.raises(GPEngineError, match="outside the model folder"):
+        read_manifest(d)
+
+
+def test_onnx_and_checkpoint_sha256_are_checked(built, tmp_path):
+    from gp_engine.runtime import load_engine
+    from gp_engine.runtime.torch_backend import TorchEngine
+
+    d, m = _copy_model(built, tmp_path)
+    assert read_manifest(d) == m
+    eng = TorchEngine.from_model_dir(d, m, 1, device="cpu")
+    assert eng.batch_size == 1
+    onnx_bytes = (d / "model.onnx").read_bytes()
+    (d / "model.onnx").write_bytes(onnx_bytes[:-1] + bytes([onnx_bytes[-1] ^ 1]))  # one flipped bit
+    for load in (lambda: read_manifest(d), lambda: load_engine(d, "onnxruntime", 1)):
+        with pytest.raises(GPEngineError, match=r"model\.onnx does not match the sha256 recorded in .*manifest"
+                                                r"\.json \(the file is corrupt or was replaced\); rebuild"):
+            load()
+    (d / "model.onnx").write_bytes(onnx_bytes)
+    assert load_engine(d, "onnxruntime", 1).batch_size == 1
+    with open(d / "model.pt", "ab") as f:  # a replaced checkpoint: the torch backend must not load it
+        f.write(b"\0")
+    with pytest.raises(GPEngineError, match=r"model\.pt does not match the sha256"):
+        TorchEngine.from_model_dir(d, m, 1, device="cpu")

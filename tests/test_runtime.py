@@ -123,6 +123,22 @@ def test_missing_onnx_file_is_a_clear_error(tmp_path):
         load_engine(d, "onnxruntime", 1)
 
 
+def test_onnx_engine_checks_the_model_file_against_the_manifest(tmp_path):
+    """Even when built from a manifest dict directly (no read_manifest): path inside the folder, sha256."""
+    from gp_engine.export.manifest import sha256_file
+    from gp_engine.runtime.onnx_backend import OnnxEngine
+
+    d = make_model_dir(tmp_path / "m")
+    manifest = json.loads((d / "manifest.json").read_text())
+    manifest["onnx"]["sha256"] = sha256_file(d / "model.onnx")
+    assert OnnxEngine(d, manifest, 1).batch_size == 1
+    with pytest.raises(GPEngineError, match="model.onnx does not match the sha256"):
+        OnnxEngine(d, {**manifest, "onnx": {**manifest["onnx"], "sha256": "0" * 64}}, 1)
+    make_model_dir(tmp_path / "other", seed=1)
+    with pytest.raises(GPEngineError, match="not a file inside the model folder"):
+        OnnxEngine(d, {**manifest, "onnx": {**manifest["onnx"], "file": "../other/model.onnx"}}, 1)
+
+
 SETUP_ARGS = SimpleNamespace(steps=4, resample=1, jump=1, tail=1)
 
 

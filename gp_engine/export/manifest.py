@@ -24,10 +24,17 @@ manifest.json keys (format_version 1)::
     precision       "fp32" | "fp16"   (the ONNX graph's compute precision; I/O is always float32)
     tensorrt        null or {"plans": {"<B>": "model_b<B>.plan"}, "precision": ...}
     checkpoint      "model.pt" or null
+    checkpoint_sha256  hex sha256 of the checkpoint file (absent in older manifests)
     unet            the U-Net config dict (informational)
     training        {"train_files", "val_files", "steps", "samples_seen", "wall_time_s", "device",
                      "final_train_loss", "final_val_loss", ...}
     placeholder     bool: true for a CPU-trained stand-in model
+
+Integrity: every file name in a manifest (``onnx.file``, ``checkpoint``, the TensorRT plans) must be a
+plain relative path that stays inside the model folder (no absolute paths, no ``..``, no symlink out of
+the folder); :func:`read_manifest` checks that and the ONNX file's sha256, and the torch backend checks
+``checkpoint_sha256`` (:func:`verify_model_file`) before loading the checkpoint. Hashes are cached per
+(file, size, mtime), so repeated loads in one process read each file once.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ..atomic_write import atomic_open
 from ..errors import GPEngineError
@@ -112,6 +119,11 @@ def validate_manifest(m: dict, where: str = "manifest") -> dict:
     onnx = m["onnx"]
     if not isinstance(onnx, dict) or not isinstance(onnx.get("file"), str):
         raise GPEngineError(f"{where}: onnx must be an object with a 'file' name")
+    for field, value in _file_fields(m):
+        check_file_name(value, field, where)
+    for field, value in (("onnx.sha256", onnx.get("sha256")), ("checkpoint_sha256", m.get("checkpoint_sha256"))):
+        if value is not None and not _is_sha256(value):
+            raise GPEngineError(f"{where}: {field} {value!r} is not a hex sha256; rebuild the model with 'gp-engine build'")
     bs = m["batch_sizes"]
     if not (isinstance(bs, list) and bs and all(isinstance(b, int) and b >= 1 for b in bs)):
         raise GPEngineError(f"{where}: batch_sizes {bs!r} must be a non-empty list of positive integers")
@@ -120,7 +132,81 @@ def validate_manifest(m: dict, where: str = "manifest") -> dict:
     trt = m.get("tensorrt")
     if trt is not None and not (isinstance(trt, dict) and isinstance(trt.get("plans"), dict)):
         raise GPEngineError(f"{where}: tensorrt must be null or {{'plans': {{'<B>': file}}}}")
+    for b, plan in ((trt or {}).get("plans") or {}).items():
+        check_file_name(plan, f"tensorrt.plans[{b!r}]", where)
     return m
+
+
+def _file_fields(m: dict) -> list[tuple[str, object]]:
+    """(field, value) of the manifest's file names other than the plans (checked after ``tensorrt``)."""
+    fields = [("onnx.file", m["onnx"].get("file"))]
+    if m.get("checkpoint") is not None:
+        fields.append(("checkpoint", m["checkpoint"]))
+    return fields
+
+
+def _is_sha256(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value.lower())
+
+
+def check_file_name(name, field: str, where: str = "manifest") -> str:
+    """``name`` if it is a plain relative path inside the model folder, else GPEngineError.
+
+    Refused: non-strings, empty names, absolute paths (POSIX or Windows, drive letters included) and
+    any ``..`` component. Symlinks are checked against the folder by :func:`model_file`.
+    """
+    if not isinstance(name, str) or not name.strip() or "\x00" in name:
+        raise GPEngineError(f"{where}: {field} must be a file name, got {name!r}; rebuild the model with "
+                            "'gp-engine build'")
+    posix, win = PurePosixPath(name), PureWindowsPath(name)
+    if posix.is_absolute() or win.is_absolute() or win.drive or win.root or ".." in posix.parts \
+            or ".." in win.parts or posix.name in ("", "."):
+        raise GPEngineError(f"{where}: {field} {name!r} is not a file inside the model folder (absolute paths "
+                            "and '..' are not allowed); rebuild the model with 'gp-engine build' or fix the "
+                            "manifest")
+    return name
+
+
+def model_file(model_dir: str | os.PathLike, name: str, field: str = "file", where: str = "manifest") -> Path:
+    """``model_dir / name`` after checking that it stays inside ``model_dir`` (symlinks resolved)."""
+    check_file_name(name, field, where)
+    d = Path(model_dir)
+    path = d / name
+    real, root = path.resolve(), d.resolve()
+    if real != root and root not in real.parents:
+        raise GPEngineError(f"{where}: {field} {name} resolves to {real}, outside the model folder {d}; "
+                            "copy the file into the folder (no links out of it) or rebuild the model")
+    return path
+
+
+def verify_model_file(model_dir: str | os.PathLike, manifest: dict, which: str = "onnx",
+                      where: str | None = None) -> Path:
+    """Path of the model's ``"onnx"`` or ``"checkpoint"`` file, checked against the manifest.
+
+    GPEngineError when the manifest names no such file, the name leaves the folder, the file is
+    missing, or its sha256 differs from the one recorded (``onnx.sha256`` / ``checkpoint_sha256``;
+    not checked when the manifest records none, as older manifests do).
+    """
+    d = Path(model_dir)
+    where = where or str(d / MANIFEST_NAME)
+    if which == "onnx":
+        onnx = manifest.get("onnx") or {}
+        name, field, expected = onnx.get("file"), "onnx.file", onnx.get("sha256")
+    elif which == "checkpoint":
+        name, field, expected = manifest.get("checkpoint"), "checkpoint", manifest.get("checkpoint_sha256")
+        if not name:
+            raise GPEngineError(f"{where} names no torch checkpoint; use --backend onnxruntime or rebuild "
+                                "the model with its checkpoint")
+    else:
+        raise ValueError(f"which must be 'onnx' or 'checkpoint', got {which!r}")
+    path = model_file(d, name, field, where)
+    if not path.is_file():
+        raise GPEngineError(f"{where} names {name} but {path} is missing; rebuild the model with 'gp-engine build' "
+                            "or copy the whole model folder again")
+    if expected is not None and cached_sha256(path) != str(expected).lower():
+        raise GPEngineError(f"{path} does not match the sha256 recorded in {where} (the file is corrupt or was "
+                            "replaced); rebuild the model with 'gp-engine build' or copy the model folder again")
+    return path
 
 
 def read_manifest(model_dir: str | os.PathLike | None = None) -> dict:
@@ -134,9 +220,10 @@ def read_manifest(model_dir: str | os.PathLike | None = None) -> dict:
     except OSError as exc:
         raise GPEngineError(f"cannot read {path}: {exc}") from None
     validate_manifest(m, str(path))
-    onnx_file = d / m["onnx"]["file"]
-    if not onnx_file.is_file():
-        raise GPEngineError(f"{path} names {m['onnx']['file']} but {onnx_file} is missing; rebuild the model")
+    for field, name in _file_fields(m) + [(f"tensorrt.plans[{b!r}]", f) for b, f in
+                                          ((m.get("tensorrt") or {}).get("plans") or {}).items()]:
+        model_file(d, name, field, str(path))
+    verify_model_file(d, m, "onnx", str(path))
     return m
 
 
@@ -161,5 +248,21 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+_SHA_CACHE: dict[tuple, str] = {}
+
+
+def cached_sha256(path: str | os.PathLike) -> str:
+    """:func:`sha256_file`, remembered per (real path, device, inode, size, mtime) for this process."""
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    key = (real, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        if len(_SHA_CACHE) > 256:
+            _SHA_CACHE.clear()
+        _SHA_CACHE[key] = sha256_file(real)
+    return _SHA_CACHE[key]
+
+
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST_NAME", "DEFAULT_MODEL_DIR", "resolve_model",
-           "validate_manifest", "read_manifest", "write_manifest", "sha256_file"]
+           "validate_manifest", "read_manifest", "write_manifest", "sha256_file", "cached_sha256",
+           "check_file_name", "model_file", "verify_model_file"]

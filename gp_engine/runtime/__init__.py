@@ -90,6 +90,9 @@ def load_engine(model_dir=None, backend: str = "auto", batch_size: int = 1,
 
         return OnnxEngine(path, manifest, int(batch_size))
     if name == "torch-cuda":
+        from ..errors import require
+
+        require("torch", "train", "backend torch-cuda")
         from .torch_backend import TorchEngine
 
         return TorchEngine.from_model_dir(path, manifest, int(batch_size), device=device or "cuda",

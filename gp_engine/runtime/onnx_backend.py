@@ -25,10 +25,11 @@ class OnnxEngine:
                  threads: int | None = None, prefer_cuda: bool = True):
         import onnxruntime as ort
 
-        onnx_info = manifest.get("onnx") or {}
-        path = Path(model_dir) / onnx_info.get("file", "model.onnx")
-        if not path.is_file():
-            raise GPEngineError(f"ONNX model {path} is missing; rebuild the model with 'gp-engine build'")
+        from ..export.manifest import verify_model_file
+
+        onnx_info = {"file": "model.onnx", **(manifest.get("onnx") or {})}
+        # inside the model folder, present, and the bytes the manifest recorded (sha256; cached)
+        path = verify_model_file(model_dir, {**manifest, "onnx": onnx_info}, "onnx")
         self.batch_size = int(batch_size)
         self.block = int(manifest.get("block_size", 32))
         opts = ort.SessionOptions()

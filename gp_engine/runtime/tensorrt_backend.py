@@ -36,7 +36,9 @@ class TensorRTEngine:
                                 "install gp-engine[tensorrt] or use --backend torch-cuda") from None
         if not torch.cuda.is_available():
             raise GPEngineError("backend tensorrt needs a CUDA GPU; use --backend onnxruntime")
-        path = Path(model_dir) / plan_for_batch(manifest, batch_size)
+        from ..export.manifest import model_file
+
+        path = model_file(model_dir, plan_for_batch(manifest, batch_size), f"tensorrt.plans['{batch_size}']")
         if not path.is_file():
             raise GPEngineError(f"TensorRT plan {path} is missing; rebuild with 'gp-engine build'")
         self.torch, self.batch_size = torch, int(batch_size)

@@ -221,8 +221,10 @@ class TorchEngine:
             raise GPEngineError(f"{model_dir} has no torch checkpoint (manifest 'checkpoint'); "
                                 "use --backend onnxruntime or rebuild the model with its checkpoint")
         from ..checkpoint import load_model
+        from ..export.manifest import verify_model_file
 
-        model, _meta = load_model(Path(model_dir) / ckpt, device)
+        # inside the model folder and the bytes the manifest recorded (checkpoint_sha256, if any)
+        model, _meta = load_model(verify_model_file(model_dir, manifest, "checkpoint"), device)
         prec = precision or ("bf16" if device.startswith("cuda") else "fp32")
         if prec not in DTYPES:
             raise GPEngineError(f"precision {prec!r} is unknown; use fp32, fp16 or bf16")
