@@ -12,6 +12,14 @@ A kill at any point leaves either an uncommitted batch (recomputed from an untou
 blocks never read their own output) or a journal that ``resume`` re-applies (idempotent). Either way
 the resumed run gives the same voxels as an uninterrupted one. Small targets live in the page cache
 anyway; :meth:`Canvas.in_memory` gives a file-less canvas for library use.
+
+Resume trusts nothing it can check (:meth:`Canvas.resume`): ``state.json`` must carry the canvas
+marker, the run's settings and a consistent ``completed`` list; both ``.npy`` files must have the
+recorded dtype and shape and exactly the size their header implies (a truncated file is refused,
+never zero-filled); the known mask must equal the union of the completed batches' blocks; and the
+values must hash to ``state["digest"]``, an XOR of one 64-bit hash per (position, value bits) that
+every commit updates from the voxels it replaces (so a changed, zeroed or swapped voxel anywhere is
+caught with one read of the file). Anything else is a one-line refusal that names the file.
 """
 
 from __future__ import annotations
@@ -25,8 +33,12 @@ import numpy as np
 
 from .atomic_write import atomic_open
 from .errors import GPEngineError
+from .volume_io import open_npy_memmap
 
 STATE_VERSION = 1
+#: ``state.json["format"]``: marks a folder as a gp-engine canvas (only such folders are ever removed)
+CANVAS_FORMAT = "gp-engine-canvas"
+CANVAS_FILES = ("values.npy", "known.npy", "state.json", "pending.npz", "grains.npy")
 #: bytes per voxel reserved when checking free disk space: canvas (4 + 1) + grain ids (4)
 #: + raw field copy (4) + slack for vti/dump outputs.
 BYTES_PER_VOXEL = 24
@@ -67,6 +79,133 @@ def check_disk_space(directory: Path, n_voxels: int, bytes_per_voxel: int = BYTE
                             "GiB; choose another --out directory or a smaller geometry")
 
 
+# ------------------------------------------------------------------------------- integrity
+
+
+def _digest_kernel():
+    """The numba kernel behind :func:`box_digest` (compiled on first use)."""
+    global _DIGEST
+    if _DIGEST is None:
+        import numba
+
+        @numba.njit(cache=True, nogil=True)
+        def kernel(bits, c0, x0, y0, z0, nx, ny, nz):
+            h = np.uint64(0)
+            C, X, Y, Z = bits.shape
+            for c in range(C):
+                for x in range(X):
+                    for y in range(Y):
+                        base = ((np.uint64(c0 + c) * np.uint64(nx) + np.uint64(x0 + x)) * np.uint64(ny)
+                                + np.uint64(y0 + y)) * np.uint64(nz) + np.uint64(z0)
+                        for z in range(Z):
+                            v = bits[c, x, y, z]
+                            if v != 0:  # zero bits contribute nothing: a fresh canvas hashes to 0
+                                k = (base + np.uint64(z)) * np.uint64(0x9E3779B97F4A7C15) ^ np.uint64(v)
+                                k ^= k >> np.uint64(30)
+                                k *= np.uint64(0xBF58476D1CE4E5B9)
+                                k ^= k >> np.uint64(27)
+                                k *= np.uint64(0x94D049BB133111EB)
+                                k ^= k >> np.uint64(31)
+                                h ^= k
+            return h
+
+        _DIGEST = kernel
+    return _DIGEST
+
+
+_DIGEST = None
+
+
+def box_digest(values: np.ndarray, origin, full_shape) -> int:
+    """XOR of splitmix64(global position, float32 bits) over a box of the canvas values.
+
+    ``values``: [C, x, y, z] float32 (or [x, y, z] for one channel) holding the box whose lowest
+    corner is ``origin`` = (c0, x0, y0, z0) in an array of ``full_shape`` = (C, X, Y, Z). XOR makes the
+    digest of the whole canvas the XOR of the digests of disjoint boxes, so a commit updates it from the
+    boxes it rewrites: ``d ^= box_digest(old) ^ box_digest(new)``.
+    """
+    v = np.ascontiguousarray(values, np.float32)
+    if v.ndim == 3:
+        v = v[None]
+    c0, x0, y0, z0 = (int(o) for o in origin)
+    _, nx, ny, nz = (int(n) for n in full_shape)
+    return int(_digest_kernel()(v.view(np.uint32), c0, x0, y0, z0, nx, ny, nz))
+
+
+def _intersect(a, b):
+    """Intersection of two tuples of slices (None when empty)."""
+    out = []
+    for sa, sb in zip(a, b):
+        lo, hi = max(sa.start, sb.start), min(sa.stop, sb.stop)
+        if hi <= lo:
+            return None
+        out.append(slice(lo, hi))
+    return tuple(out)
+
+
+def _shift(sl, origin):
+    return tuple(slice(s.start - o, s.stop - o) for s, o in zip(sl, origin))
+
+
+def read_npy_header(path: Path) -> tuple[np.dtype, tuple[int, ...], bool, int]:
+    """(dtype, shape, fortran_order, data offset) of a .npy file, without reading its data."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        return np.dtype(dtype), tuple(int(n) for n in shape), bool(fortran), f.tell()
+
+
+def _open_checked(path: Path, dtype, shape: tuple[int, ...], fix: str) -> np.ndarray:
+    """Memory-map an existing .npy read-write after checking its dtype, shape and byte size."""
+    if not path.is_file():
+        raise GPEngineError(f"{path} is missing; the canvas is incomplete: {fix}")
+    try:
+        got_dtype, got_shape, fortran, offset = read_npy_header(path)
+    except (ValueError, OSError, EOFError) as exc:
+        raise GPEngineError(f"{path} is not a readable .npy file ({exc}); {fix}") from None
+    if got_dtype != np.dtype(dtype) or got_shape != tuple(shape) or fortran:
+        raise GPEngineError(f"{path} holds {got_dtype} {got_shape}{' (Fortran order)' if fortran else ''}, "
+                            f"the run needs {np.dtype(dtype)} {tuple(shape)}: it is not this run's canvas; {fix}")
+    want = offset + int(np.prod(shape)) * np.dtype(dtype).itemsize
+    size = path.stat().st_size
+    if size != want:
+        raise GPEngineError(f"{path} has {size} bytes, its header implies {want}: the file was "
+                            f"{'truncated' if size < want else 'extended'}; {fix}")
+    return np.load(path, mmap_mode="r+", allow_pickle=False)
+
+
+def is_canvas_dir(path: Path) -> bool:
+    """True when ``path`` is a canvas folder written by gp-engine (marker in state.json, or the state
+    layout of canvases written before the marker existed) and holds nothing but canvas files."""
+    path = Path(path)
+    state_path = path / "state.json"
+    if not path.is_dir() or path.is_symlink() or not state_path.is_file():
+        return False
+    try:
+        state = json.loads(state_path.read_text())
+    except (OSError, ValueError):
+        return False
+    ours = isinstance(state, dict) and (state.get("format") == CANVAS_FORMAT
+                                        or {"meta", "completed", "version"} <= set(state))
+    stray = [p.name for p in path.iterdir()
+             if p.name not in CANVAS_FILES and not (p.name.startswith(".") and ".tmp" in p.name)]
+    return ours and not stray
+
+
+def remove_canvas_dir(path: Path) -> None:
+    """Delete a canvas folder, after checking it is one (anything else is refused, never removed)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if not is_canvas_dir(path):
+        raise GPEngineError(f"{path} is not a gp-engine canvas folder (no canvas state.json, or files "
+                            "gp-engine did not write): it was left untouched; move it away or choose another --out")
+    shutil.rmtree(path)
+
+
 class Canvas:
     """values (float32) + known (uint8) over the target shape, plus the checkpoint state.
 
@@ -76,6 +215,7 @@ class Canvas:
     def __init__(self, values: np.ndarray, known: np.ndarray, directory: Path | None, state: dict):
         self.values, self.known, self.dir, self.state = values, known, directory, state
         self.channels = 1 if values.ndim == 3 else int(values.shape[0])
+        self.state.setdefault("digest", 0)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -91,50 +231,161 @@ class Canvas:
 
     @classmethod
     def create(cls, out_dir: Path, shape: tuple[int, int, int], meta: dict,
-               force: bool = False, channels: int = 1) -> "Canvas":
-        """Allocate a fresh on-disk canvas; refuses to overwrite a previous run unless ``force``."""
+               force: bool = False, channels: int = 1, directory: Path | None = None) -> "Canvas":
+        """Allocate a fresh on-disk canvas in ``directory`` (default ``OUT/canvas``); refuses an existing
+        canvas unless ``force``, and even then removes only a folder that is a gp-engine canvas."""
         out_dir = Path(out_dir)
-        cdir = cls.path(out_dir)
+        cdir = Path(directory) if directory is not None else cls.path(out_dir)
         if cdir.exists():
             if not force:
                 raise GPEngineError(f"{out_dir} already holds a generation run; pass --resume to "
                                     "continue it, --force to overwrite it, or choose another --out")
-            shutil.rmtree(cdir)
+            remove_canvas_dir(cdir)
         out_dir.mkdir(parents=True, exist_ok=True)
         shape = tuple(int(s) for s in shape)
         check_disk_space(out_dir, int(np.prod(shape)), BYTES_PER_VOXEL + 4 * (int(channels) - 1))
         cdir.mkdir()
         vshape = shape if channels == 1 else (int(channels),) + shape
-        values = np.lib.format.open_memmap(cdir / "values.npy", "w+", np.float32, vshape)
-        known = np.lib.format.open_memmap(cdir / "known.npy", "w+", np.uint8, shape)
-        state = {"version": STATE_VERSION, "meta": meta, "completed": []}
+        values = open_npy_memmap(cdir / "values.npy", np.float32, vshape)
+        known = open_npy_memmap(cdir / "known.npy", np.uint8, shape)
+        state = {"format": CANVAS_FORMAT, "version": STATE_VERSION, "meta": meta, "completed": [],
+                 "channels": int(channels), "digest": 0}
         canvas = cls(values, known, cdir, state)
         canvas.flush()
         return canvas
 
     @classmethod
-    def resume(cls, out_dir: Path, meta: dict) -> "Canvas":
-        """Reopen an interrupted run; its plan hash, seed, model and shape must match ``meta``."""
-        cdir = cls.path(Path(out_dir))
+    def resume(cls, out_dir: Path, meta: dict, layout=None, block_size: int = 32,
+               directory: Path | None = None, progress: bool = False) -> "Canvas":
+        """Reopen an interrupted run after checking everything it can (see the module docstring).
+
+        ``meta`` (plan hash, seed, model, shape, ...) must equal the run's. ``layout``: the corners of
+        every batch's blocks (``layout[k]`` = list of corners); when given, the completed list and the
+        known mask are checked against it. Raises GPEngineError naming the file for any mismatch.
+        """
+        cdir = Path(directory) if directory is not None else cls.path(Path(out_dir))
+        fix = f"rerun with --force to start over (the damaged canvas is {cdir})"
         state_path = cdir / "state.json"
         if not state_path.is_file():
             raise GPEngineError(f"nothing to resume in {out_dir} (no canvas/state.json); run "
                                 "without --resume to start")
         try:
             state = json.loads(state_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise GPEngineError(f"{state_path} is corrupt ({exc}); rerun with --force") from None
-        old = state.get("meta", {})
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise GPEngineError(f"{state_path} is corrupt ({exc}); {fix}") from None
+        if not isinstance(state, dict) or not isinstance(state.get("meta"), dict) \
+                or not isinstance(state.get("completed"), list):
+            raise GPEngineError(f"{state_path} is not a gp-engine canvas state (needs 'meta' and "
+                                f"'completed'); {fix}")
+        if state.get("version", STATE_VERSION) > STATE_VERSION:
+            raise GPEngineError(f"{state_path} was written by a newer gp-engine (state version "
+                                f"{state['version']}); upgrade gp-engine to resume it")
+        old = state["meta"]
         diff = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
         if diff:
             detail = "; ".join(f"{k}: run has {old.get(k)!r}, now {meta.get(k)!r}" for k in diff)
             raise GPEngineError(f"cannot resume {out_dir}: the run was started with different "
                                 f"settings ({detail}); use the original plan/seed/model or --force")
-        values = np.load(cdir / "values.npy", mmap_mode="r+")
-        known = np.load(cdir / "known.npy", mmap_mode="r+")
+        done = state["completed"]
+        if not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in done) \
+                or len(set(done)) != len(done):
+            raise GPEngineError(f"{state_path}: 'completed' must list distinct batch numbers, got "
+                                f"{done[:10]}{'...' if len(done) > 10 else ''}; {fix}")
+        if layout is not None and done and max(done) >= len(layout):
+            raise GPEngineError(f"{state_path}: 'completed' names batch {max(done)} but the plan has "
+                                f"{len(layout)} batches; {fix}")
+        shape = tuple(int(n) for n in (meta.get("shape") or old.get("shape") or ()))
+        known_path = cdir / "known.npy"
+        if len(shape) != 3:  # library callers without a recorded shape: take the known mask's
+            try:
+                shape = read_npy_header(known_path)[1]
+            except (ValueError, OSError, EOFError) as exc:
+                raise GPEngineError(f"{known_path} is not a readable .npy file ({exc}); {fix}") from None
+        channels = int(state.get("channels") or 0)
+        if not channels:  # canvases written before "channels" was recorded: the values file says
+            try:
+                vshape = read_npy_header(cdir / "values.npy")[1]
+            except (ValueError, OSError, EOFError) as exc:
+                raise GPEngineError(f"{cdir / 'values.npy'} is not a readable .npy file ({exc}); {fix}") from None
+            channels = 1 if len(vshape) == 3 else int(vshape[0])
+        vshape = shape if channels == 1 else (channels,) + shape
+        values = _open_checked(cdir / "values.npy", np.float32, vshape, fix)
+        known = _open_checked(known_path, np.uint8, shape, fix)
+        legacy_digest = "digest" not in state
         canvas = cls(values, known, cdir, state)
         canvas._replay_journal()
+        if layout is not None:
+            canvas._verify_known(layout, block_size, fix)
+        if legacy_digest:  # written before digests: nothing to compare with, start recording now
+            canvas.state["digest"] = canvas.full_digest()
+            canvas.flush()
+        else:
+            got = canvas.full_digest(progress)
+            if got != int(canvas.state["digest"]):
+                raise GPEngineError(f"{cdir / 'values.npy'} does not match the checksum in {state_path}: "
+                                    f"the canvas was changed or damaged after it was written; {fix}")
         return canvas
+
+    # ------------------------------------------------------------------ integrity
+    def _vshape4(self) -> tuple[int, int, int, int]:
+        return (self.channels,) + self.shape
+
+    def full_digest(self, progress: bool = False, slab: int = 16) -> int:
+        """The digest of every value in the canvas (one read of the values, ``slab`` x-planes at a time)."""
+        from tqdm import tqdm
+
+        d = 0
+        nx = self.shape[0]
+        for x in tqdm(range(0, nx, slab), desc="verify canvas", unit="slab", disable=not progress):
+            hi = min(x + slab, nx)
+            box = self.values[x:hi] if self.channels == 1 else self.values[:, x:hi]
+            d ^= box_digest(np.asarray(box), (0, x, 0, 0), self._vshape4())
+        return d
+
+    def _verify_known(self, layout, block_size: int, fix: str, slab: int = 64) -> None:
+        """The known mask must be exactly the union of the completed batches' blocks."""
+        boxes = []
+        for k in sorted(self.completed):
+            for corner in layout[k]:
+                boxes.append(self._slices(corner, block_size)[0])
+        nx = self.shape[0]
+        for x in range(0, nx, slab):
+            hi = min(x + slab, nx)
+            want = np.zeros((hi - x,) + self.shape[1:], np.uint8)
+            for b in boxes:
+                lo_, hi_ = max(b[0].start, x), min(b[0].stop, hi)
+                if hi_ > lo_:
+                    want[(slice(lo_ - x, hi_ - x),) + b[1:]] = 1
+            got = np.asarray(self.known[x:hi])
+            if not np.array_equal(got != 0, want != 0):
+                bad = np.argwhere((got != 0) != (want != 0))[0] + (x, 0, 0)
+                raise GPEngineError(f"{self.dir / 'known.npy'} disagrees with the completed batches in "
+                                    f"{self.dir / 'state.json'} (first at voxel {tuple(int(i) for i in bad)}): "
+                                    f"parts of the volume would never be generated; {fix}")
+
+    def _batch_digest(self, corners, results: np.ndarray) -> int:
+        """The digest after writing ``results`` at ``corners`` (computed before anything is written:
+        the old voxels of each block, with earlier blocks of the same batch overlaid, are hashed out and
+        the new ones hashed in)."""
+        d = int(self.state.get("digest", 0))
+        size = results.shape[-1]
+        full = self._vshape4()
+        written = []
+        for corner, res in zip(corners, results):
+            cs, bs = self._slices(corner, size)
+            res = res.reshape((self.channels,) + (size,) * 3)
+            old = np.array(self.values[cs] if self.channels == 1 else self.values[(slice(None),) + cs],
+                           np.float32).reshape((self.channels,) + tuple(s.stop - s.start for s in cs))
+            origin = tuple(s.start for s in cs)
+            for cs2, new2 in written:
+                inter = _intersect(cs, cs2)
+                if inter is not None:
+                    old[(slice(None),) + _shift(inter, origin)] = \
+                        new2[(slice(None),) + _shift(inter, tuple(s.start for s in cs2))]
+            new = np.ascontiguousarray(res[(slice(None),) + bs])
+            d ^= box_digest(old, (0,) + origin, full) ^ box_digest(new, (0,) + origin, full)
+            written.append((cs, new))
+        return d
 
     # ------------------------------------------------------------------ block I/O
     @property
@@ -189,31 +440,40 @@ class Canvas:
             self._apply(corners, results)
             self.state["completed"].append(int(batch))
             return
+        digest = self._batch_digest(corners, results)
         journal = self.dir / "pending.npz"
         with atomic_open(journal, "wb", suffix=".tmp.npz") as f:
-            np.savez(f, batch=np.int64(batch), corners=corners, results=results)
+            np.savez(f, batch=np.int64(batch), corners=corners, results=results,
+                     digest=np.uint64(digest))
         self._apply(corners, results)
         self.values.flush()
         self.known.flush()
         self.state["completed"].append(int(batch))
+        self.state["digest"] = digest
         self.flush()
         journal.unlink()
 
     def _replay_journal(self) -> None:
+        """Re-apply a batch whose journal was written but whose state update was not (a kill in
+        between). The journal is written atomically, so it is whole or absent."""
         journal = self.dir / "pending.npz"
         if not journal.is_file():
             return
         try:
             with np.load(journal) as z:
                 batch, corners, results = int(z["batch"]), z["corners"], z["results"]
-        except Exception:  # a torn journal cannot exist (os.replace), but be safe: drop it
-            journal.unlink()
-            return
+                digest = int(z["digest"]) if "digest" in z.files else None
+        except Exception as exc:  # os.replace makes a torn journal impossible: this is damage
+            raise GPEngineError(f"{journal} cannot be read ({type(exc).__name__}: {exc}); rerun with "
+                                f"--force to start over (the damaged canvas is {self.dir})") from None
         if batch not in self.completed:
+            if digest is None:  # journals written before digests: hash the voxels it replaces
+                digest = self._batch_digest(corners, results)
             self._apply(corners, results)
             self.values.flush()
             self.known.flush()
             self.state["completed"].append(batch)
+            self.state["digest"] = digest
             self.flush()
         journal.unlink()
 

@@ -184,7 +184,7 @@ def built_model_for(model, out_dir: Path, batch_size: int = 1, progress: bool = 
                             "torch, or run 'gp-engine build' where it is and give the plan that directory") from None
     log = print if progress else (lambda *a, **k: None)
     log(f"gp-engine generate: building {ckpt} into {target} (ONNX + manifest)")
-    manifest = build_model(ckpt, target, batch_sizes=sorted({1, int(batch_size)}), log=log)
+    manifest = build_model(ckpt, target, batch_sizes=sorted({1, int(batch_size)}), log=log, force=True)
     write_manifest(target, {**manifest, "built_from": str(ckpt.resolve()), "built_from_sha256": digest})
     return target
 
@@ -219,7 +219,7 @@ def segmentation_kwargs(seg, levels: int | None = None, encoding_kind: str | Non
 
 def segment_field(field: np.ndarray, seg, out_dir: Path | None = None,
                   progress: bool = False, levels: int | None = None,
-                  encoding_kind: str | None = None) -> np.ndarray:
+                  encoding_kind: str | None = None, canvas_dir: Path | None = None) -> np.ndarray:
     """Segment the float field into grain ids with the plan's segmentation settings.
 
     ``levels``: the model's encoding levels (used by ``method="levels"``, which snaps to them);
@@ -227,83 +227,158 @@ def segment_field(field: np.ndarray, seg, out_dir: Path | None = None,
     ``AUTO_BITS_MIN_SIZE`` for bits, whose field here is the decoded code on 2^B levels).
 
     Large fields (memmaps over ``IN_RAM_VOXELS``) are segmented tile by tile into a memmap in
-    ``out_dir/canvas/`` so memory stays bounded.
+    ``canvas_dir`` (default ``out_dir/canvas/``) so memory stays bounded.
     """
     from .segment import segment
 
     kwargs = segmentation_kwargs(seg, levels, encoding_kind)
     if field.size > IN_RAM_VOXELS and out_dir is not None:
-        out = np.lib.format.open_memmap(Canvas.path(out_dir) / "grains.npy", "w+", np.int32, field.shape)
+        from .volume_io import open_npy_memmap
+
+        out = open_npy_memmap(Path(canvas_dir or Canvas.path(out_dir)) / "grains.npy", np.int32, field.shape)
         return segment(field, tile=256, out=out, progress=progress, **kwargs)
     return segment(np.ascontiguousarray(field), progress=progress, **kwargs)
 
 
-def compute_stats(grain_ids: np.ndarray, reference) -> dict:
-    from .stats import summarize
+def reference_stats(reference) -> dict | None:
+    """Pooled per-grain statistics of the plan's reference volumes (read before any work: a bad path
+    or an unreadable file is refused up front, and only their statistics are kept in memory)."""
+    if not reference:
+        return None
+    from .stats import stats_of_volumes
+    from .volume_io import read_volume
 
-    refs = None
-    if reference:  # raw SPPARKS spins are fine: summarize splits into 26-connected grains
-        from .volume_io import read_volume
+    # raw SPPARKS spins are fine: they are split into 26-connected grains
+    return stats_of_volumes([read_volume(p) for p in reference])
 
-        refs = [read_volume(p) for p in reference]
-    return summarize([grain_ids], refs)
+
+def compute_stats(grain_ids: np.ndarray, ref_stats: dict | None, n_reference: int = 0) -> dict:
+    """Summary of a segmented volume (streamed over slabs: memory does not grow with the volume),
+    with KL against the reference statistics when given. Segmented ids are 26-connected grains
+    already, so they are not split again."""
+    from .stats import _describe, kl_divergences, stats_of_volumes
+
+    gen = stats_of_volumes([grain_ids], split=False)
+    out = _describe(gen, 1)
+    if ref_stats is not None:
+        out["reference"] = _describe(ref_stats, n_reference)
+        out.update(kl_divergences(gen, ref_stats))
+        out["kl_volume_axis"] = "voxels"
+    return out
+
+
+def _model_hint(model) -> tuple[int, list[int] | None]:
+    """(channels, U-Net widths) of the plan's model from its manifest when that is cheap to read
+    (a built model folder or the default); (1, None) otherwise."""
+    from .runtime import read_model
+
+    if model is not None and Path(model).suffix == ".pt":
+        return 1, None
+    try:
+        _, manifest = read_model(model)
+    except GPEngineError:
+        return 1, None  # the model step reports it properly
+    return _channels(manifest), (manifest.get("unet") or {}).get("channels")
+
+
+def _channels(manifest: dict) -> int:
+    enc = manifest.get("encoding") or {}
+    return int(enc.get("bits") or 1) if enc.get("kind") == "bits" else 1
 
 
 def generate(plan_source, out_dir=None, resume: bool = False, force: bool = False,
              backend: str | None = None, batch_size: int | None = None, engine=None,
              progress: bool = True, stop_after: int | None = None) -> dict:
-    """Run a plan end to end; returns {"outputs": {label: path}, "timing": {...}, "stats": {...}}."""
+    """Run a plan end to end; returns {"outputs": {label: path}, "timing": {...}, "stats": {...}}.
+
+    Order (nothing the user made is touched before the replacement exists; see ``run_dir``):
+    the output folder's ownership, the plan's limits (memory, disk, references) → lock the folder →
+    model and backend → canvas (a forced run paints a new canvas beside the old one) → RePaint →
+    segmentation → outputs into a staging folder, swapped into place → statistics → stats.json.
+    """
+    from . import preflight, run_dir
+    from .canvas import remove_canvas_dir, write_json_atomic
     from .diffusion import Schedule
-    from .outputs import output_paths, write_results
+    from .outputs import ALL_FORMATS, STATS_FILE, output_paths, write_results
     from .plan_config import load_plan
     from .planner import canvas_shape, make_batches
     from .runtime import load_engine, read_model
 
+    if resume and force:
+        raise GPEngineError("--resume and --force exclude each other: pick one")
     plan = load_plan(plan_source)
     shape = tuple(int(s) for s in plan.geometry.shape)
     out = Path(out_dir or plan.outputs.dir)
     formats = getattr(plan.outputs, "formats", None)
-    existing = [p for p in output_paths(out, formats) if p.exists()]
-    if force and not resume:  # stale results of the overwritten run must not survive a new crash
-        for p in existing:
-            p.unlink()
-    elif not resume:
-        if existing or Canvas.path(out).exists():
-            raise GPEngineError(f"{out} already holds outputs ({', '.join(p.name for p in existing) or 'canvas/'}); "
-                                "pass --force to overwrite, --resume to continue, or another --out")
     B = int(batch_size or getattr(plan, "batch_size", None) or 1)
-    model_dir, manifest = read_model(built_model_for(getattr(plan, "model", None), out, B, progress))
-    block = int(manifest.get("block_size", 32))
-    sp = sampler_params(plan.sampler)
-    setup = repaint.make_setup(Schedule.from_dict(manifest["schedule"]), sp, clip_x0=sp.clip_x0)
-    blocks = plan_blocks(getattr(plan, "plan_kind", "grid"), shape, block)
-    batches = make_batches(blocks, B)
-    seed = int(getattr(plan, "seed", 0) or 0)
-    padded = canvas_shape(shape, block)  # thin boxes are planned on a canvas padded to one block
-    meta = {"plan_hash": plan_hash(plan), "seed": seed, "model": model_id(model_dir, manifest),
-            "shape": list(padded), "batch_size": B, "batches": len(batches)}
-    if engine is None:  # before touching the output dir: a bad backend fails fast
-        engine = load_engine(model_dir, backend or getattr(plan, "backend", None) or "auto", B)
-    enc = manifest.get("encoding") or {}
-    channels = int(enc.get("bits") or 1) if enc.get("kind") == "bits" else 1
-    canvas = (Canvas.resume(out, meta) if resume
-              else Canvas.create(out, padded, meta, force=force, channels=channels))
-    timing = sample_canvas(engine, blocks, batches, canvas, setup, seed, block, progress, stop_after,
-                           shift_first=enc.get("kind", "paper") == "paper")
-    timing.update(backend=engine.name, batch_size=B, blocks=len(blocks), batches=len(batches))
-    raw = canvas.values[..., :shape[0], :shape[1], :shape[2]]
-    if raw.size <= IN_RAM_VOXELS * channels:
-        raw = np.ascontiguousarray(raw)
-    field = raw
-    if channels > 1:  # analog bits: one value per voxel (the decoded code on 2^B levels) to segment and show
-        from .encoding import bits_display
+    where = str(getattr(plan, "source", None) or "plan")
 
-        field = bits_display(raw)
-    levels = enc.get("levels")
-    grain_ids = segment_field(field, getattr(plan, "segmentation", None), out, progress, levels,
-                              enc.get("kind"))
-    stats = compute_stats(grain_ids, getattr(plan, "reference", None))
-    stats = {"summary": stats, "timing": timing, "plan_hash": meta["plan_hash"], "seed": seed,
-             "shape": list(shape), "model": str(model_dir)}
-    written = write_results(out, field, grain_ids, formats, stats, raw_field=raw if channels > 1 else None)
+    # 1. the folder: a foreign one is refused before anything else happens
+    run_dir.inspect(out)
+    old_canvas, new_canvas = Canvas.path(out), out / "canvas.new"
+    previous = [p for p in output_paths(out, ALL_FORMATS) if p.exists()]
+    has_run = bool(previous) or old_canvas.exists() or new_canvas.exists()
+    if not resume and not force and has_run:
+        raise GPEngineError(f"{out} already holds outputs ({', '.join(p.name for p in previous) or 'canvas/'}); "
+                            "pass --force to overwrite, --resume to continue, or another --out")
+
+    # 2. limits the plan implies, before any work (the model's exact figures are checked again below)
+    channels, widths = _model_hint(getattr(plan, "model", None))
+    preflight.check(plan, out, B, channels, widths, where, keep_previous=force and has_run)
+    ref_stats = reference_stats(getattr(plan, "reference", None))
+
+    # 3. the folder is ours from here on: marked and locked for the whole run
+    run_dir.claim(out, getattr(plan, "source", None))
+    with run_dir.RunLock(out):
+        run_dir.remove_stale_staging(out)
+        model_dir, manifest = read_model(built_model_for(getattr(plan, "model", None), out, B, progress))
+        block = int(manifest.get("block_size", 32))
+        channels = _channels(manifest)
+        preflight.check(plan, None, B, channels, (manifest.get("unet") or {}).get("channels"), where)
+        sp = sampler_params(plan.sampler)
+        setup = repaint.make_setup(Schedule.from_dict(manifest["schedule"]), sp, clip_x0=sp.clip_x0)
+        blocks = plan_blocks(getattr(plan, "plan_kind", "grid"), shape, block)
+        batches = make_batches(blocks, B)
+        seed = int(getattr(plan, "seed", 0) or 0)
+        padded = canvas_shape(shape, block)  # thin boxes are planned on a canvas padded to one block
+        meta = {"plan_hash": plan_hash(plan), "seed": seed, "model": model_id(model_dir, manifest),
+                "shape": list(padded), "batch_size": B, "batches": len(batches)}
+        if engine is None:  # before the canvas: a bad backend fails fast
+            engine = load_engine(model_dir, backend or getattr(plan, "backend", None) or "auto", B)
+        enc = manifest.get("encoding") or {}
+        if resume:  # an interrupted forced run lives in canvas.new until it completes
+            cdir = new_canvas if new_canvas.exists() else old_canvas
+            by_index = {int(b.index): b for b in blocks}
+            layout = [[by_index[int(i)].corner for i in batch] for batch in batches]
+            canvas = Canvas.resume(out, meta, layout, block, directory=cdir, progress=progress)
+        else:  # a forced run keeps the previous canvas until its own is complete
+            cdir = new_canvas if old_canvas.exists() else old_canvas
+            canvas = Canvas.create(out, padded, meta, force=force, channels=channels, directory=cdir)
+        timing = sample_canvas(engine, blocks, batches, canvas, setup, seed, block, progress, stop_after,
+                               shift_first=enc.get("kind", "paper") == "paper")
+        timing.update(backend=engine.name, batch_size=B, blocks=len(blocks), batches=len(batches))
+        raw = canvas.values[..., :shape[0], :shape[1], :shape[2]]
+        if raw.size <= IN_RAM_VOXELS * channels:
+            raw = np.ascontiguousarray(raw)
+        field = raw
+        if channels > 1:  # analog bits: one value per voxel (the decoded code on 2^B levels) to segment and show
+            from .encoding import bits_display
+
+            field = bits_display(raw)
+        grain_ids = segment_field(field, getattr(plan, "segmentation", None), canvas.dir.parent, progress,
+                                  enc.get("levels"), enc.get("kind"), canvas_dir=canvas.dir)
+        # outputs first (into staging, then swapped in), statistics after
+        stats = {"summary": None, "status": "statistics pending", "timing": timing,
+                 "plan_hash": meta["plan_hash"], "seed": seed, "shape": list(shape), "model": str(model_dir)}
+        staging = run_dir.new_staging(out)
+        written = write_results(staging, field, grain_ids, formats, stats,
+                                raw_field=raw if channels > 1 else None)
+        run_dir.swap_in(out, staging, previous)
+        written = {label: out / Path(p).name for label, p in written.items()}
+        if cdir == new_canvas:  # the new run is complete: its canvas replaces the previous one
+            remove_canvas_dir(old_canvas)
+            os.replace(new_canvas, old_canvas)
+        stats["summary"] = compute_stats(grain_ids, ref_stats, len(getattr(plan, "reference", None) or ()))
+        stats.pop("status")
+        write_json_atomic(out / STATS_FILE, stats)
     return {"outputs": written, "timing": timing, "stats": stats}

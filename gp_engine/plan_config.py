@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -202,10 +203,11 @@ def _as_int(where: str, path: str, value: Any, lo: int | None, hi: int | None, e
 
 def _as_float(where: str, path: str, value: Any, lo_exclusive: float, hi_exclusive: float | None,
               example: str, meaning: str = "") -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if ok and value > lo_exclusive and (hi_exclusive is None or value < hi_exclusive):
         return float(value)
-    rng = f"a number > {lo_exclusive:g}" + (f" and < {hi_exclusive:g}" if hi_exclusive is not None else "")
+    rng = (f"a finite number > {lo_exclusive:g}"
+           + (f" and < {hi_exclusive:g}" if hi_exclusive is not None else ""))
     raise _bad(where, path, value, f"must be {rng}{meaning}", example)
 
 

@@ -275,6 +275,21 @@ def center_plan(shape: Sequence[int], block: int = BLOCK) -> list[Block]:
 PLANNERS = {"grid": grid_plan, "center": center_plan}
 
 
+def estimate_blocks(kind: str, shape: Sequence[int], block: int = BLOCK) -> int:
+    """An upper bound on the number of blocks ``make_plan(kind, shape)`` returns, from the per-axis
+    positions alone (microseconds for any box): the limit checks run it before anything is planned."""
+    canvas = canvas_shape(shape, block)
+    if kind == "grid":
+        axes = [grid_axis(n, block) for n in canvas]
+        return sum(int(np.prod([len(axes[a][p[a]]) for a in range(3)], dtype=np.int64))
+                   for p in STAGE_PATTERNS)
+    if kind in ("center", "centre"):
+        fill = [len(ring_axis(n, block, 3 * block // 4)) for n in canvas]
+        cross = [len(ring_axis(n, block, block // 2)) for n in canvas]
+        return int(np.prod(fill, dtype=np.int64)) + sum(cross)
+    raise GPEngineError(f"plan kind {kind!r} is unknown; use one of {', '.join(PLANNERS)}")
+
+
 def make_plan(kind: str, shape: Sequence[int], block: int = BLOCK) -> list[Block]:
     """Dispatch on a plan kind (plan.json ``plan.kind``)."""
     if kind not in PLANNERS:

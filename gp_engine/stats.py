@@ -39,6 +39,19 @@ GRID_1D = 2048
 GRID_2D = 256
 EPS = 1e-10
 STAT_KEYS = ("volume", "b_a", "c_a", "nn_dist")
+#: voxels per slab when accumulating per-grain moments (memory does not grow with the volume)
+SLAB_VOXELS = 1 << 20
+
+
+def _max_id(ids: np.ndarray) -> int:
+    """Largest id, slab by slab (a memmap is never loaded whole)."""
+    m = 0
+    step = max(1, SLAB_VOXELS // max(int(np.prod(ids.shape[1:])), 1))
+    for x0 in range(0, ids.shape[0], step):
+        part = np.asarray(ids[x0:x0 + step])
+        if part.size:
+            m = max(m, int(part.max()))
+    return m
 
 
 def grain_stats(ids: np.ndarray) -> dict[str, np.ndarray]:
@@ -49,32 +62,48 @@ def grain_stats(ids: np.ndarray) -> dict[str, np.ndarray]:
     """
     from scipy.spatial import cKDTree
 
-    ids = np.asarray(ids)
+    if not isinstance(ids, np.ndarray):
+        ids = np.asarray(ids)
     if ids.ndim != 3:
         raise GPEngineError(f"grain ids must be a 3D array [x, y, z], got shape {ids.shape}")
     if ids.dtype.kind not in "iu":
         raise GPEngineError(f"grain ids must be integers, got dtype {ids.dtype}: segment the field first")
-    flat = ids.ravel().astype(np.int64, copy=False)
-    if flat.size and flat.min() < 0:
-        raise GPEngineError("grain ids must be >= 0 (0 = outside the part)")
-    n = int(flat.max()) + 1 if flat.size else 1
-    count = np.bincount(flat, minlength=n).astype(np.float64)
+    n = _max_id(ids) + 1
+    nx, ny, nz = ids.shape
+    # per-grain sums of 1, x, y, z and the six products, accumulated over x-slabs so that memory is
+    # O(slab + grains) whatever the volume (ids may be a memmap of a volume larger than RAM)
+    sums = np.zeros((10, n))
+    slab = max(1, SLAB_VOXELS // max(ny * nz, 1))
+    yy = np.repeat(np.arange(ny, dtype=np.float64), nz)
+    zz = np.tile(np.arange(nz, dtype=np.float64), ny)
+    for x0 in range(0, nx, slab):
+        part = np.asarray(ids[x0:x0 + slab])
+        flat = part.ravel().astype(np.int64, copy=False)
+        if flat.size and flat.min() < 0:
+            raise GPEngineError("grain ids must be >= 0 (0 = outside the part)")
+        k = part.shape[0]
+        xs = np.repeat(np.arange(x0, x0 + k, dtype=np.float64), ny * nz)
+        ys, zs = np.tile(yy, k), np.tile(zz, k)
+        coords = (xs, ys, zs)
+        sums[0] += np.bincount(flat, minlength=n)
+        for i in range(3):
+            sums[1 + i] += np.bincount(flat, weights=coords[i], minlength=n)
+        j = 4
+        for a in range(3):
+            for b in range(a, 3):
+                sums[j] += np.bincount(flat, weights=coords[a] * coords[b], minlength=n)
+                j += 1
+    count = sums[0]
     present = np.flatnonzero(count)
     present = present[present > 0]
-    nx, ny, nz = ids.shape
-    # C order: flat index = (x*ny + y)*nz + z
-    coords = (
-        np.repeat(np.arange(nx, dtype=np.float64), ny * nz),
-        np.tile(np.repeat(np.arange(ny, dtype=np.float64), nz), nx),
-        np.tile(np.arange(nz, dtype=np.float64), nx * ny),
-    )
     vol = count[present]
-    mean = np.stack([np.bincount(flat, weights=c, minlength=n)[present] / vol for c in coords], axis=1)
+    mean = np.stack([sums[1 + i][present] / vol for i in range(3)], axis=1)
     cov = np.empty((present.size, 3, 3))
-    for i in range(3):
-        for j in range(i, 3):
-            second = np.bincount(flat, weights=coords[i] * coords[j], minlength=n)[present] / vol
-            cov[:, i, j] = cov[:, j, i] = second - mean[:, i] * mean[:, j]
+    j = 4
+    for a in range(3):
+        for b in range(a, 3):
+            cov[:, a, b] = cov[:, b, a] = sums[j][present] / vol - mean[:, a] * mean[:, b]
+            j += 1
     lam = np.clip(np.linalg.eigvalsh(cov), 0.0, None)  # ascending: c², b², a² (up to the factor N)
     with np.errstate(invalid="ignore", divide="ignore"):
         b_a = np.sqrt(lam[:, 1] / lam[:, 2])

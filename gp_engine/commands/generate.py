@@ -15,7 +15,9 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default: the plan's outputs.dir)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in the output directory")
-    p.add_argument("--force", action="store_true", help="overwrite an existing run's outputs")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing run's outputs (they are kept until the new run has "
+                        "written its own; folders gp-engine did not make are never touched)")
     p.add_argument("--backend", choices=["auto", "onnxruntime", "torch-cuda", "tensorrt"],
                    help="inference backend (default: the plan's, else auto)")
     p.add_argument("--batch-size", type=int, help="blocks per batch (default: the plan's)")
@@ -24,11 +26,8 @@ def register(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from ..errors import GPEngineError
     from ..generate import generate
 
-    if args.resume and args.force:
-        raise GPEngineError("--resume and --force exclude each other: pick one")
     result = generate(args.plan, out_dir=args.out, resume=args.resume, force=args.force,
                       backend=args.backend, batch_size=args.batch_size, progress=not args.quiet)
     t = result["timing"]

@@ -84,11 +84,21 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import GPEngineError
     from ..plan_config import load_plan
 
+    from ..generate import _model_hint
+    from ..preflight import _gib, check, free_disk
+
     plan = load_plan(args.plan)
     if args.batch_size is not None and args.batch_size < 1:
         raise GPEngineError(f"--batch-size {args.batch_size} must be ≥ 1")
+    # every limit the plan implies, before anything is laid out (a huge box must not hang here)
+    channels, widths = _model_hint(plan.model)
+    est = check(plan, plan.outputs.dir, args.batch_size, channels, widths)
     text, figures = describe(plan, args.batch_size, args.blocks)
     print(text)
+    folder, free = free_disk(plan.outputs.dir)
+    mem = ", ".join(f"{k} {_gib(v)}" for k, v in est["memory"].items())
+    print(f"memory: about {_gib(est['memory_total'])} at most ({mem})")
+    print(f"disk: about {_gib(est['disk'])} in {plan.outputs.dir} ({_gib(free)} free in {folder})")
     if args.png:
         from ..plan_render import draw_plan
 
