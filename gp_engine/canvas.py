@@ -267,6 +267,8 @@ class Canvas:
         fix = f"rerun with --force to start over (the damaged canvas is {cdir})"
         state_path = cdir / "state.json"
         if not state_path.is_file():
+            if cdir.is_dir():
+                raise GPEngineError(f"{state_path} is missing: the canvas was damaged; {fix}")
             raise GPEngineError(f"nothing to resume in {out_dir} (no canvas/state.json); run "
                                 "without --resume to start")
         try:
@@ -357,8 +359,8 @@ class Canvas:
                 if hi_ > lo_:
                     want[(slice(lo_ - x, hi_ - x),) + b[1:]] = 1
             got = np.asarray(self.known[x:hi])
-            if not np.array_equal(got != 0, want != 0):
-                bad = np.argwhere((got != 0) != (want != 0))[0] + (x, 0, 0)
+            if not np.array_equal(got, want):  # exactly 0/1: any other byte is damage
+                bad = np.argwhere(got != want)[0] + (x, 0, 0)
                 raise GPEngineError(f"{self.dir / 'known.npy'} disagrees with the completed batches in "
                                     f"{self.dir / 'state.json'} (first at voxel {tuple(int(i) for i in bad)}): "
                                     f"parts of the volume would never be generated; {fix}")

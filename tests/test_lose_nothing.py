@@ -308,57 +308,40 @@ def test_journal_replay_keeps_the_checksum(tmp_path, model):
 
 # ------------------------------------------------------------------ the fault test
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import fault_campaign  # noqa: E402  (bench/fault_campaign.py: the catalogue of faults)
 
-DAMAGES = ("none", "flip_value_byte", "truncate_values", "flip_known_byte", "corrupt_state",
-           "extend_known", "drop_completed")
-
-
-def _damage(cdir: Path, kind: str, rng) -> None:
-    if kind == "none":
-        return
-    if kind in ("flip_value_byte", "flip_known_byte"):
-        path = cdir / ("values.npy" if kind == "flip_value_byte" else "known.npy")
-        data = bytearray(path.read_bytes())
-        i = int(rng.integers(128, len(data)))
-        data[i] ^= 1 << int(rng.integers(0, 8))
-        path.write_bytes(bytes(data))
-    elif kind == "truncate_values":
-        path = cdir / "values.npy"
-        with open(path, "r+b") as f:
-            f.truncate(int(rng.integers(128, path.stat().st_size)))
-    elif kind == "extend_known":
-        with open(cdir / "known.npy", "ab") as f:
-            f.write(b"\0" * 64)
-    elif kind == "corrupt_state":
-        (cdir / "state.json").write_text('{"meta": ')
-    elif kind == "drop_completed":
-        state = json.loads((cdir / "state.json").read_text())
-        state["completed"] = state["completed"][:-1]
-        (cdir / "state.json").write_text(json.dumps(state))
+#: the CI subset of fault_campaign.FAULTS (the full campaign: python bench/fault_campaign.py)
+CI_FAULTS = ("none", "flip_value_byte", "flip_known_byte", "truncate_values", "zero_slab",
+             "drop_completed", "add_completed", "garbage_journal")
 
 
-@pytest.mark.parametrize("trial", range(len(DAMAGES)))
-def test_fault_kill_damage_resume(tmp_path, model, trial):
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, model):
+    work = tmp_path_factory.mktemp("fault_ref")
+    generate(fault_campaign.plan_dict(model, work / "ref"), progress=False)
+    return work / "ref"
+
+
+@pytest.mark.parametrize("fault", CI_FAULTS)
+def test_fault_kill_damage_resume(tmp_path, model, reference_run, fault, capsys):
     """kill -9 after a random batch, one kind of damage, resume: byte-identical results or exit 2
     with one line naming a canvas file; never a finished run with other voxels."""
-    rng = np.random.default_rng(100 + trial)
-    ref_out = tmp_path / "ref"
-    plan = write(tmp_path, plan_dict(model, tmp_path / "out"))
-    generate(str(plan), out_dir=ref_out, progress=False)
-    kill_after = int(rng.integers(1, 8))
-    env = dict(os.environ, GP_ENGINE_KILL_AFTER_BATCHES=str(kill_after))
-    cmd = [sys.executable, "-m", "gp_engine.cli", "generate", str(plan), "--quiet"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    from gp_engine.cli import main
+
+    rng = np.random.default_rng(CI_FAULTS.index(fault))
+    out = tmp_path / "out"
+    plan = write(tmp_path, fault_campaign.plan_dict(model, out))
+    env = dict(os.environ, GP_ENGINE_KILL_AFTER_BATCHES=str(int(rng.integers(1, 8))))
+    r = subprocess.run([sys.executable, "-m", "gp_engine.cli", "generate", str(plan), "--quiet"],
+                       capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == -9, r.stderr
-    damage = DAMAGES[trial]
-    _damage(tmp_path / "out/canvas", damage, rng)
-    r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
-    if r.returncode == 0:
-        got = tmp_path / "out"
+    fault_campaign.FAULTS[fault][1](out / "canvas", rng)
+    code = main(["generate", str(plan), "--resume", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    if fault == "none":
+        assert code == 0
         for name in ("field.npy", "grains.npy"):
-            assert (got / name).read_bytes() == (ref_out / name).read_bytes(), (damage, name)
-    else:
-        lines = r.stderr.strip().splitlines()
-        assert r.returncode == 2 and len(lines) == 1 and "canvas" in lines[0], (damage, r.stderr)
-    # every damage here changes bytes that matter (data, not header padding): it must be refused
-    assert (r.returncode == 0) == (damage == "none"), (damage, r.stderr)
+            assert (out / name).read_bytes() == (reference_run / name).read_bytes(), name
+    else:   # every fault here changes bytes that matter: refused, one line naming the canvas file
+        assert code == 2 and len(err) == 1 and "canvas" in err[0], (fault, err)
