@@ -124,3 +124,20 @@ def user_message(exc: BaseException) -> str | None:
 
 __all__ = ["GPEngineError", "OS_ERROR_HINTS", "EXTRA_INSTALL", "OPTIONAL_MODULES", "require",
            "missing_module_message", "os_error_message", "memory_error_message", "user_message"]
+
+
+def refuse_overwrite(paths, force: bool, what: str = "output") -> None:
+    """Raise a GPEngineError naming the first of ``paths`` that exists, unless ``force``.
+
+    Every command that writes a user-named file calls this first: nothing the user made is
+    overwritten without ``--force`` (and with it the file is replaced atomically, after the new
+    content exists).
+    """
+    from pathlib import Path
+
+    if force:
+        return
+    for p in paths:
+        if Path(p).exists():
+            raise GPEngineError(f"{what} {p} already exists; add --force to replace it (the new file is "
+                                "written first) or choose another name")

@@ -41,6 +41,8 @@ EPS = 1e-10
 STAT_KEYS = ("volume", "b_a", "c_a", "nn_dist")
 #: voxels per slab when accumulating per-grain moments (memory does not grow with the volume)
 SLAB_VOXELS = 1 << 20
+#: the files :func:`plot_distributions` writes
+PLOT_FILES = ("volume.png", "centroid_distance.png", "aspect.png")
 
 
 def _max_id(ids: np.ndarray) -> int:

@@ -345,3 +345,32 @@ def test_fault_kill_damage_resume(tmp_path, model, reference_run, fault, capsys)
             assert (out / name).read_bytes() == (reference_run / name).read_bytes(), name
     else:   # every fault here changes bytes that matter: refused, one line naming the canvas file
         assert code == 2 and len(err) == 1 and "canvas" in err[0], (fault, err)
+
+
+# ------------------------------------------------------------------ other commands' outputs
+
+
+def test_segment_and_stats_refuse_to_overwrite_without_force(tmp_path, capsys):
+    from gp_engine.cli import main
+
+    rng = np.random.default_rng(0)
+    ids = np.repeat(rng.integers(1, 30, (5, 5, 5)), 6, 0).repeat(6, 1).repeat(6, 2).astype(np.int32)
+    np.save(tmp_path / "field.npy", (ids % 7 / 3.0 - 1).astype(np.float32))
+    np.save(tmp_path / "ids.npy", ids)
+    mine = tmp_path / "mine.npy"
+    mine.write_bytes(b"precious")
+    report = tmp_path / "report.json"
+    report.write_text("{}")
+    assert main(["segment", str(tmp_path / "field.npy"), str(mine), "--method", "levels"]) == 2
+    assert main(["stats", str(tmp_path / "ids.npy"), "--json", str(report)]) == 2
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "aspect.png").write_bytes(b"my figure")
+    assert main(["stats", str(tmp_path / "ids.npy"), "--plots", str(tmp_path / "plots")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all("--force" in e for e in err)
+    assert mine.read_bytes() == b"precious" and report.read_text() == "{}"
+    assert (tmp_path / "plots" / "aspect.png").read_bytes() == b"my figure"
+    assert main(["segment", str(tmp_path / "field.npy"), str(mine), "--method", "levels", "--force"]) == 0
+    assert np.load(mine).shape == ids.shape
+    assert main(["stats", str(tmp_path / "ids.npy"), "--json", str(report), "--force"]) == 0
+    assert json.loads(report.read_text())["grains"] > 0

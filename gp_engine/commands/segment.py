@@ -52,6 +52,7 @@ def register(sub):
     p.add_argument("--tile", type=int, default=None,
                    help="process in N^3 tiles (out-of-core for .npy); same result as untiled")
     p.add_argument("--progress", action="store_true", help="show a progress bar per pass")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT")
     return p
 
 
@@ -59,11 +60,12 @@ def run(args) -> int:
     import numpy as np
 
     from ..atomic_write import atomic_path
-    from ..errors import GPEngineError
+    from ..errors import GPEngineError, refuse_overwrite
     from ..segment import segment
     from ..volume_io import open_npy_memmap, read_volume, write_volume
 
     src, dst = Path(args.input), Path(args.output)
+    refuse_overwrite([dst], args.force)
     out_of_core = args.tile is not None and src.suffix.lower() == ".npy"
     if out_of_core:
         if not src.is_file():

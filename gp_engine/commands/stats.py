@@ -27,6 +27,7 @@ def register(sub) -> argparse.ArgumentParser:
                         "volumes already hold one id per grain)")
     p.add_argument("--zero-is-grain", action="store_true",
                    help="count label 0 as a grain label (default: 0 marks voxels outside the part)")
+    p.add_argument("--force", action="store_true", help="replace existing --json / --plots files")
     p.add_argument("--log-volume", action="store_true",
                    help="compare log10 grain volumes instead of raw voxel counts (paper: raw)")
     return p
@@ -47,8 +48,12 @@ def _table(summary: dict) -> str:
 
 def run(args) -> int:
     from ..atomic_write import atomic_open
-    from ..stats import plot_distributions, summarize
+    from ..errors import refuse_overwrite
+    from ..stats import PLOT_FILES, plot_distributions, summarize
     from ..volume_io import read_volume
+
+    refuse_overwrite(([args.json] if args.json else [])
+                     + ([Path(args.plots) / f for f in PLOT_FILES] if args.plots else []), args.force)
 
     vols = [read_volume(p) for p in args.volumes]
     refs = [read_volume(p) for p in args.reference] if args.reference else None
