@@ -44,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\ngp-engine {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (e.g. `gp-engine plan ... | head`): not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (GPEngineError, OSError, MemoryError, ModuleNotFoundError) as exc:
         # errors the user can cause: one line, status 2; anything else is a bug and keeps its traceback
         message = user_message(exc)

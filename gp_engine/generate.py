@@ -148,15 +148,19 @@ def model_id(model_dir: Path, manifest: dict) -> str:
     return h.hexdigest()[:16]
 
 
-def plan_blocks(plan_kind: str, shape, block: int):
+def plan_blocks(plan_kind: str, shape, block: int, mask: np.ndarray | None = None):
+    """The plan's blocks over ``shape``; with a part ``mask`` (on the padded canvas) only the blocks the
+    part needs (``planner.restrict_to_mask``)."""
     from . import planner
 
     kind = (plan_kind or "grid").lower()
     if kind == "grid":
-        return planner.grid_plan(tuple(shape), block)
-    if kind in ("center", "centre"):
-        return planner.center_plan(tuple(shape), block)
-    raise GPEngineError(f"plan kind {plan_kind!r} is unknown; use 'grid' or 'center'")
+        blocks = planner.grid_plan(tuple(shape), block)
+    elif kind in ("center", "centre"):
+        blocks = planner.center_plan(tuple(shape), block)
+    else:
+        raise GPEngineError(f"plan kind {plan_kind!r} is unknown; use 'grid' or 'center'")
+    return blocks if mask is None else planner.restrict_to_mask(blocks, mask, block)
 
 
 def built_model_for(model, out_dir: Path, batch_size: int = 1, progress: bool = True):
@@ -252,14 +256,37 @@ def reference_stats(reference) -> dict | None:
     return stats_of_volumes([read_volume(p) for p in reference])
 
 
-def compute_stats(grain_ids: np.ndarray, ref_stats: dict | None, n_reference: int = 0) -> dict:
+def compute_stats(grain_ids: np.ndarray, ref_stats: dict | None, n_reference: int = 0,
+                  mask: np.ndarray | None = None) -> dict:
     """Summary of a segmented volume (streamed over slabs: memory does not grow with the volume),
     with KL against the reference statistics when given. Segmented ids are 26-connected grains
-    already, so they are not split again."""
-    from .stats import _describe, kl_divergences, stats_of_volumes
+    already, so they are not split again.
 
-    gen = stats_of_volumes([grain_ids], split=False)
+    With a CAD part ``mask``, the summary (and KL) covers the grains inside the part that do not touch
+    its surface; grains cut by the surface are counted and summarised apart under ``cut_by_surface``.
+    """
+    from .stats import STAT_KEYS, _describe, grain_stats, kl_divergences
+
+    gen = grain_stats(grain_ids)
+    if gen["volume"].size == 0:
+        raise GPEngineError("the generated volume holds no grains (every voxel is 0): check the part and the model")
+    cut_summary = None
+    if mask is not None:
+        from .geometry import surface_voxels
+
+        cut_ids = np.unique(np.asarray(grain_ids)[surface_voxels(mask)])
+        cut = np.isin(gen["grain_id"], cut_ids[cut_ids > 0])
+        if cut.all():
+            raise GPEngineError("every grain touches the part's surface: the part is too thin for grain "
+                                "statistics at this resolution; use a larger geometry.size (smaller pitch)")
+        cut_summary = {"grains": int(cut.sum()), **({} if not cut.any() else
+                                                    _describe({k: v[cut] for k, v in gen.items()}, 1))}
+        gen = {k: v[~cut] for k, v in gen.items()}
+    gen = {k: gen[k] for k in STAT_KEYS}
     out = _describe(gen, 1)
+    if cut_summary is not None:
+        out["cut_by_surface"] = cut_summary
+        out["grains_note"] = "grains inside the part not touching its surface; cut_by_surface: the others"
     if ref_stats is not None:
         out["reference"] = _describe(ref_stats, n_reference)
         out.update(kl_divergences(gen, ref_stats))
@@ -326,6 +353,10 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
     channels, widths = _model_hint(getattr(plan, "model", None))
     preflight.check(plan, out, B, channels, widths, where, keep_previous=force and has_run)
     ref_stats = reference_stats(getattr(plan, "reference", None))
+    from .geometry import part_mask
+
+    padded = canvas_shape(shape, 32)  # thin boxes are planned on a canvas padded to one block
+    mask = part_mask(plan, padded)    # a CAD part: voxelized (and a broken mesh refused) before any work
 
     # 3. the folder is ours from here on: marked and locked for the whole run
     run_dir.claim(out, getattr(plan, "source", None))
@@ -337,10 +368,11 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
         preflight.check(plan, None, B, channels, (manifest.get("unet") or {}).get("channels"), where)
         sp = sampler_params(plan.sampler)
         setup = repaint.make_setup(Schedule.from_dict(manifest["schedule"]), sp, clip_x0=sp.clip_x0)
-        blocks = plan_blocks(getattr(plan, "plan_kind", "grid"), shape, block)
+        if block != 32:
+            raise GPEngineError(f"{model_dir}: block_size {block} is not supported (only 32)")
+        blocks = plan_blocks(getattr(plan, "plan_kind", "grid"), shape, block, mask)
         batches = make_batches(blocks, B)
         seed = int(getattr(plan, "seed", 0) or 0)
-        padded = canvas_shape(shape, block)  # thin boxes are planned on a canvas padded to one block
         meta = {"plan_hash": plan_hash(plan), "seed": seed, "model": model_id(model_dir, manifest),
                 "shape": list(padded), "batch_size": B, "batches": len(batches)}
         if engine is None:  # before the canvas: a bad backend fails fast
@@ -367,18 +399,31 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
             field = bits_display(raw)
         grain_ids = segment_field(field, getattr(plan, "segmentation", None), canvas.dir.parent, progress,
                                   enc.get("levels"), enc.get("kind"), canvas_dir=canvas.dir)
+        inside = None
+        if mask is not None:  # grain id 0 outside the part; grains split where the surface cuts them
+            from .grains import split_grains
+
+            inside = np.ascontiguousarray(mask[:shape[0], :shape[1], :shape[2]])
+            grain_ids = split_grains(grain_ids, mask=inside)
         # outputs first (into staging, then swapped in), statistics after
         stats = {"summary": None, "status": "statistics pending", "timing": timing,
                  "plan_hash": meta["plan_hash"], "seed": seed, "shape": list(shape), "model": str(model_dir)}
+        if inside is not None:
+            geo = plan.geometry
+            stats["part"] = {"stl": str(geo.stl), "pitch": geo.pitch, "voxels_inside": int(inside.sum()),
+                             "fill": float(inside.mean()), "blocks": len(blocks),
+                             "blocks_full_box": len(plan_blocks(getattr(plan, "plan_kind", "grid"), shape, block)),
+                             "repairs": list(geo.part().repairs) if geo.stl else []}
         staging = run_dir.new_staging(out)
         written = write_results(staging, field, grain_ids, formats, stats,
-                                raw_field=raw if channels > 1 else None)
+                                raw_field=raw if channels > 1 else None, mask=inside)
         run_dir.swap_in(out, staging, previous)
         written = {label: out / Path(p).name for label, p in written.items()}
         if cdir == new_canvas:  # the new run is complete: its canvas replaces the previous one
             remove_canvas_dir(old_canvas)
             os.replace(new_canvas, old_canvas)
-        stats["summary"] = compute_stats(grain_ids, ref_stats, len(getattr(plan, "reference", None) or ()))
+        stats["summary"] = compute_stats(grain_ids, ref_stats, len(getattr(plan, "reference", None) or ()),
+                                         mask=inside)
         stats.pop("status")
         write_json_atomic(out / STATS_FILE, stats)
     return {"outputs": written, "timing": timing, "stats": stats}

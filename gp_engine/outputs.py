@@ -15,7 +15,7 @@ FORMAT_FILES = {
     "field": ("field.npy",),
     "vti": ("grains.vti",),
     "spparks": ("grains.dump",),
-    "png": ("slices.png",),
+    "png": ("slices.png", "render.png"),
 }
 ALL_FORMATS = tuple(FORMAT_FILES)
 STATS_FILE = "stats.json"
@@ -87,11 +87,14 @@ def write_slices_png(path: Path, grain_ids: np.ndarray, field: np.ndarray) -> Pa
 
 
 def write_results(out_dir: Path, field: np.ndarray, grain_ids: np.ndarray, formats,
-                  stats: dict, raw_field: np.ndarray | None = None) -> dict[str, Path]:
+                  stats: dict, raw_field: np.ndarray | None = None,
+                  mask: np.ndarray | None = None) -> dict[str, Path]:
     """Write every requested output; returns {label: path}.
 
     ``field``: one float per voxel (shown in the slices); ``raw_field``: the model's multi-channel
     output [C, x, y, z] when it has more than one channel (analog bits), written as ``field.npy``.
+    ``mask``: a CAD part's voxels (grain ids are 0 outside it already); the .vti carries it as the
+    cell array ``part_mask``; the slices show the outside (id 0) black and the 3D render leaves it out.
     """
     from . import volume_io
 
@@ -111,13 +114,21 @@ def write_results(out_dir: Path, field: np.ndarray, grain_ids: np.ndarray, forma
                 np.save(fh, np.ascontiguousarray(raw_field, np.float32), allow_pickle=False)
         written["raw field (npy)"] = out_dir / "field.npy"
     if "vti" in fmts:
-        volume_io.write_vti(out_dir / "grains.vti", np.asarray(grain_ids, np.int32))
+        volume_io.write_vti(out_dir / "grains.vti", np.asarray(grain_ids, np.int32),
+                            extra=None if mask is None else {"part_mask": np.asarray(mask, np.uint8)})
         written["grain ids (vti, ParaView)"] = out_dir / "grains.vti"
     if "spparks" in fmts:
         volume_io.write_spparks_dump(out_dir / "grains.dump", np.asarray(grain_ids, np.int32))
         written["SPPARKS dump"] = out_dir / "grains.dump"
     if "png" in fmts:
         written["slices (PNG)"] = write_slices_png(out_dir / "slices.png", grain_ids, field)
+        from .render import render_panel
+
+        n = int(np.max(grain_ids)) if grain_ids.size else 0
+        written["3D render (PNG)"] = render_panel(
+            out_dir / "render.png", grain_ids, None if mask is None else np.asarray(mask, bool),
+            title=f"{'part' if mask is not None else 'volume'} {'x'.join(map(str, grain_ids.shape))} voxels, "
+                  f"{n} grains")
     write_json_atomic(out_dir / STATS_FILE, stats)
     written["stats (JSON)"] = out_dir / STATS_FILE
     return written

@@ -62,9 +62,35 @@ DEFAULTS: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class GeometryConfig:
-    """What to fill: a box of ``shape`` voxels (x, y, z). CAD parts (``stl``) are reserved."""
+    """What to fill: a box of ``shape`` voxels (x, y, z), or a CAD part (``stl``) voxelized at ``pitch``
+    mesh units per voxel (given, or from ``size`` voxels along the longest axis), rotated by
+    ``rotation`` (degrees about x, y, z), placed at ``offset`` in ``shape`` (default: the part's box)."""
 
     shape: tuple[int, int, int]
+    stl: Path | None = None
+    pitch: float | None = None
+    size: int | None = None
+    rotation: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    offset: tuple[int, int, int] | None = None
+    mesh_sha256: str | None = None   # of the mesh file: a changed part never resumes an old canvas
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.stl is None:
+            return {"shape": list(self.shape)}
+        d: dict[str, Any] = {"stl": str(self.stl), "rotation": list(self.rotation), "shape": list(self.shape)}
+        d["pitch" if self.size is None else "size"] = self.pitch if self.size is None else self.size
+        if self.offset is not None:
+            d["offset"] = list(self.offset)
+        return d
+
+    def part(self, where: str = "geometry"):
+        """The :class:`gp_engine.geometry.Part` of an ``stl`` geometry (None for a box)."""
+        if self.stl is None:
+            return None
+        from .geometry import load_part
+
+        return load_part(self.stl, self.pitch if self.size is None else None, self.size, self.rotation,
+                         self.shape, self.offset, where)
 
 
 @dataclass(frozen=True)
@@ -131,7 +157,7 @@ class PlanConfig:
         next to the outputs. ``load_plan(plan.to_dict())`` gives back an equal plan (up to ``source``)."""
         return {
             "version": self.version,
-            "geometry": {"shape": list(self.geometry.shape)},
+            "geometry": self.geometry.to_dict(),
             "model": None if self.model is None else str(self.model),
             "sampler": {
                 "preset": self.sampler.preset,
@@ -230,24 +256,57 @@ def _as_path(where: str, path: str, value: Any, base: Path, example: str) -> Pat
 # --------------------------------------------------------------------------- sections
 
 
-def _geometry(where: str, value: Any) -> GeometryConfig:
+def _geometry(where: str, value: Any, base: Path) -> GeometryConfig:
     example = '"geometry": {"shape": [64, 64, 64]}'
+    example_stl = '"geometry": {"stl": "part.stl", "size": 128}'
     obj = _as_object(where, "geometry", value, example)
-    if "stl" in obj:
-        raise GPEngineError(
-            f"{where}: geometry.stl is not supported yet (CAD parts come in a later version). "
-            f"For now generate the part's bounding box instead, e.g. {example}."
-        )
-    _check_keys(where, "geometry", obj, ("shape", "stl"))
-    if "shape" not in obj:
-        raise GPEngineError(f"{where}: geometry.shape is missing. Example fix: {example}")
-    shape = obj["shape"]
-    if not isinstance(shape, (list, tuple)) or len(shape) != 3:
-        raise _bad(where, "geometry.shape", shape, "must be a list of 3 integers [nx, ny, nz]",
-                   example)
-    dims = tuple(_as_int(where, f"geometry.shape[{i}]", v, 1, None, example, " (voxels)")
-                 for i, v in enumerate(shape))
-    return GeometryConfig(dims)  # type: ignore[arg-type]
+    _check_keys(where, "geometry", obj, ("shape", "stl", "pitch", "size", "rotation", "offset"))
+    shape = None
+    if "shape" in obj:
+        shape = obj["shape"]
+        if not isinstance(shape, (list, tuple)) or len(shape) != 3:
+            raise _bad(where, "geometry.shape", shape, "must be a list of 3 integers [nx, ny, nz]", example)
+        shape = tuple(_as_int(where, f"geometry.shape[{i}]", v, 1, None, example, " (voxels)")
+                      for i, v in enumerate(shape))
+    if "stl" not in obj:
+        for key in ("pitch", "size", "rotation", "offset"):
+            if key in obj:
+                raise GPEngineError(f"{where}: geometry.{key} needs geometry.stl (a CAD part). Example fix: "
+                                    f"{example_stl}")
+        if shape is None:
+            raise GPEngineError(f"{where}: geometry.shape is missing. Example fix: {example} (or {example_stl})")
+        return GeometryConfig(shape)  # type: ignore[arg-type]
+    stl = _as_path(where, "geometry.stl", obj["stl"], base, example_stl)
+    if ("pitch" in obj) == ("size" in obj):
+        raise GPEngineError(f"{where}: geometry needs exactly one of pitch (mesh units per voxel) or size "
+                            f"(voxels along the part's longest axis). Example fix: {example_stl}")
+    pitch = size = None
+    if "pitch" in obj:
+        pitch = _as_float(where, "geometry.pitch", obj["pitch"], 0.0, None, '"geometry": {"pitch": 0.02}',
+                          " (mesh units per voxel)")
+    else:
+        size = _as_int(where, "geometry.size", obj["size"], 1, None, example_stl,
+                       " (voxels along the part's longest axis)")
+    rotation = obj.get("rotation", [0, 0, 0])
+    if not isinstance(rotation, (list, tuple)) or len(rotation) != 3:
+        raise _bad(where, "geometry.rotation", rotation, "must be 3 angles in degrees [about x, about y, about z]",
+                   '"geometry": {"rotation": [0, 90, 0]}')
+    rotation = tuple(_as_float(where, f"geometry.rotation[{i}]", r, -math.inf, math.inf,
+                               '"geometry": {"rotation": [0, 90, 0]}', " (degrees)") for i, r in enumerate(rotation))
+    offset = obj.get("offset")
+    if offset is not None:
+        if shape is None:
+            raise GPEngineError(f"{where}: geometry.offset places the part in geometry.shape, which is missing. "
+                                'Example fix: "geometry": {"stl": "part.stl", "size": 100, "shape": [128, 128, 128], '
+                                '"offset": [14, 14, 14]}')
+        if not isinstance(offset, (list, tuple)) or len(offset) != 3:
+            raise _bad(where, "geometry.offset", offset, "must be 3 integers (voxels)", '"offset": [0, 0, 0]')
+        offset = tuple(_as_int(where, f"geometry.offset[{i}]", v, 0, None, '"offset": [0, 0, 0]', " (voxels)")
+                       for i, v in enumerate(offset))
+    from .geometry import load_part
+
+    part = load_part(stl, pitch, size, rotation, shape, offset, f"{where}: geometry")
+    return GeometryConfig(part.shape, stl, part.pitch, size, rotation, offset, part.sha256)  # type: ignore[arg-type]
 
 
 def _sampler(where: str, value: Any) -> SamplerConfig:
@@ -394,7 +453,7 @@ def load_plan(path_or_dict: str | os.PathLike | Mapping[str, Any],
         raise GPEngineError(f'{where}: "geometry" is missing. Example fix: '
                             '"geometry": {"shape": [64, 64, 64]}')
 
-    geometry = _geometry(where, data["geometry"])
+    geometry = _geometry(where, data["geometry"], base)
     model_val = data.get("model", DEFAULTS["model"])
     model = None if model_val is None else _as_path(
         where, "model", model_val, base, '"model": "models/my-model" (or null for the shipped default)')

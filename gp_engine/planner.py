@@ -275,6 +275,43 @@ def center_plan(shape: Sequence[int], block: int = BLOCK) -> list[Block]:
 PLANNERS = {"grid": grid_plan, "center": center_plan}
 
 
+def restrict_to_mask(blocks: Sequence[Block], mask: np.ndarray, block: int = BLOCK) -> list[Block]:
+    """The blocks a CAD part needs: every block that holds a part voxel, plus every earlier block that
+    overlaps one of those (so each part block finds, in its own region, exactly the known voxels it
+    would have found in the full box). Renumbered 0..m-1 in the original order, dependencies kept
+    between kept blocks only. ``mask``: [x, y, z] bool over the canvas (False = outside the part)."""
+    mask = np.asarray(mask, bool)
+    integral = np.zeros(tuple(n + 1 for n in mask.shape), np.int64)  # summed-area table: O(1) per block
+    integral[1:, 1:, 1:] = mask.cumsum(0).cumsum(1).cumsum(2)
+
+    def holds_part(c) -> bool:
+        lo = [max(int(v), 0) for v in c]
+        hi = [min(int(v) + block, n) for v, n in zip(c, mask.shape)]
+        if any(h <= l_ for l_, h in zip(lo, hi)):
+            return False
+        x0, y0, z0 = lo
+        x1, y1, z1 = hi
+        t = integral
+        total = (t[x1, y1, z1] - t[x0, y1, z1] - t[x1, y0, z1] - t[x1, y1, z0]
+                 + t[x0, y0, z1] + t[x0, y1, z0] + t[x1, y0, z0] - t[x0, y0, z0])
+        return total > 0
+
+    def overlaps(a, b) -> bool:
+        return all(abs(int(p) - int(q)) < block for p, q in zip(a, b))
+
+    keep = np.zeros(len(blocks), bool)
+    for b in blocks:
+        if holds_part(b.corner):
+            keep[b.index] = True
+            for d in b.deps:
+                if overlaps(blocks[d].corner, b.corner):
+                    keep[d] = True
+    new_index = {int(b.index): k for k, b in enumerate(b for b in blocks if keep[b.index])}
+    return [Block(new_index[int(b.index)], b.corner, b.stage,
+                  tuple(new_index[d] for d in b.deps if d in new_index))
+            for b in blocks if keep[b.index]]
+
+
 def estimate_blocks(kind: str, shape: Sequence[int], block: int = BLOCK) -> int:
     """An upper bound on the number of blocks ``make_plan(kind, shape)`` returns, from the per-axis
     positions alone (microseconds for any box): the limit checks run it before anything is planned."""

@@ -423,16 +423,8 @@ def write_npz(path: str | os.PathLike, arr: np.ndarray, name: str = "spins") -> 
     return Path(path)
 
 
-def write_vti(path: str | os.PathLike, arr: np.ndarray, name: str = "grain_id", *, cell_data: bool = True,
-              binary: bool = True, spacing: float = 1.0, origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
-              ) -> Path:
-    """Write ``arr`` ([x, y, z]) as VTK XML ImageData (ParaView), atomically.
-
-    ``cell_data=True`` stores one cell per voxel (extent ``0 nx 0 ny 0 nz``; voxels render as cubes and
-    the Threshold filter selects whole grains); ``False`` stores one point per voxel. Values are written
-    x fastest; ``binary=True`` writes inline base64 with a UInt64 byte-count header, else ASCII.
-    """
-    arr = _check_volume(arr)
+def _vti_array(arr: np.ndarray, name: str, binary: bool) -> bytes:
+    """One <DataArray> element (x fastest) for :func:`write_vti`."""
     dtype = arr.dtype
     if dtype == np.bool_:
         arr, dtype = arr.astype(np.uint8), np.dtype(np.uint8)
@@ -441,9 +433,6 @@ def write_vti(path: str | os.PathLike, arr: np.ndarray, name: str = "grain_id", 
     if not re.fullmatch(r"[A-Za-z_][\w.-]*", name):
         raise GPEngineError(f"VTI array name {name!r} is not a plain identifier: use letters, digits, _")
     flat = np.asarray(arr.ravel(order="F"), dtype=dtype.newbyteorder("<"))
-    nx, ny, nz = arr.shape
-    add = 1 if cell_data else 0
-    extent = f"0 {nx - 1 + add} 0 {ny - 1 + add} 0 {nz - 1 + add}"
     vtk_type = _VTK_TYPES[dtype.newbyteorder("=")]
     rng = f'RangeMin="{flat.min()}" RangeMax="{flat.max()}"' if flat.size else ""
     if binary:
@@ -453,7 +442,34 @@ def write_vti(path: str | os.PathLike, arr: np.ndarray, name: str = "grain_id", 
         fmtstr = "%.9g" if dtype.kind == "f" else "%d"
         payload = "\n".join(" ".join(fmtstr % v for v in flat[i : i + 12]) for i in range(0, flat.size, 12)).encode()
         fmt = "ascii"
+    head = f'        <DataArray type="{vtk_type}" Name="{name}" NumberOfComponents="1" format="{fmt}" {rng}>\n'
+    return head.encode() + payload + b"\n        </DataArray>\n"
+
+
+def write_vti(path: str | os.PathLike, arr: np.ndarray, name: str = "grain_id", *, cell_data: bool = True,
+              binary: bool = True, spacing: float = 1.0, origin: tuple[float, float, float] = (0.0, 0.0, 0.0),
+              extra: dict[str, np.ndarray] | None = None) -> Path:
+    """Write ``arr`` ([x, y, z]) as VTK XML ImageData (ParaView), atomically.
+
+    ``cell_data=True`` stores one cell per voxel (extent ``0 nx 0 ny 0 nz``; voxels render as cubes and
+    the Threshold filter selects whole grains); ``False`` stores one point per voxel. Values are written
+    x fastest; ``binary=True`` writes inline base64 with a UInt64 byte-count header, else ASCII.
+    ``extra``: more arrays of the same shape in the same cell (or point) data, e.g. a CAD part's mask
+    (``{"part_mask": mask}``: threshold it at 1 in ParaView to see the part only); ``name`` stays the
+    active scalars.
+    """
+    arr = _check_volume(arr)
+    arrays = [(name, arr)]
+    for key, other in (extra or {}).items():
+        other = _check_volume(other)
+        if other.shape != arr.shape:
+            raise GPEngineError(f"VTI array {key!r} has shape {other.shape}, the volume {arr.shape}")
+        arrays.append((key, other))
+    nx, ny, nz = arr.shape
+    add = 1 if cell_data else 0
+    extent = f"0 {nx - 1 + add} 0 {ny - 1 + add} 0 {nz - 1 + add}"
     kind = "CellData" if cell_data else "PointData"
+    bodies = [_vti_array(a, n, binary) for n, a in arrays]  # validates every array before writing
     head = (
         '<?xml version="1.0"?>\n'
         '<VTKFile type="ImageData" version="1.0" byte_order="LittleEndian" header_type="UInt64">\n'
@@ -461,10 +477,8 @@ def write_vti(path: str | os.PathLike, arr: np.ndarray, name: str = "grain_id", 
         f'Spacing="{spacing:g} {spacing:g} {spacing:g}" Direction="1 0 0 0 1 0 0 0 1">\n'
         f'    <Piece Extent="{extent}">\n'
         f'      <{kind} Scalars="{name}">\n'
-        f'        <DataArray type="{vtk_type}" Name="{name}" NumberOfComponents="1" format="{fmt}" {rng}>\n'
     ).encode()
     tail = (
-        "\n        </DataArray>\n"
         f"      </{kind}>\n"
         "    </Piece>\n"
         "  </ImageData>\n"
@@ -473,7 +487,8 @@ def write_vti(path: str | os.PathLike, arr: np.ndarray, name: str = "grain_id", 
 
     with atomic_open(path, "wb") as fh:
         fh.write(head)
-        fh.write(payload)
+        for body in bodies:
+            fh.write(body)
         fh.write(tail)
     return Path(path)
 

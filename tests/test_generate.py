@@ -178,7 +178,7 @@ def test_generate_end_to_end_with_kill_and_resume(tmp_path):
     out = tmp_path / "out"
     res = generate(str(plan), out_dir=tmp_path / "ref", progress=False)
     assert {p.name for p in res["outputs"].values()} == {
-        "grains.npy", "field.npy", "grains.vti", "grains.dump", "slices.png", "stats.json"}
+        "grains.npy", "field.npy", "grains.vti", "grains.dump", "slices.png", "render.png", "stats.json"}
     ref_field = np.load(tmp_path / "ref/field.npy")
     ids = np.load(tmp_path / "ref/grains.npy")
     assert ref_field.shape == ids.shape == (40, 40, 40) and np.isfinite(ref_field).all()

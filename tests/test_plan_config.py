@@ -143,8 +143,10 @@ def test_missing_and_reserved_fields():
         load_plan({"geometry": {"shape": [8, 8, 8]}})
     with pytest.raises(GPEngineError, match='"geometry" is missing'):
         load_plan({"version": 1})
-    with pytest.raises(GPEngineError, match="geometry.stl is not supported yet"):
+    with pytest.raises(GPEngineError, match="exactly one of pitch .* or size"):
         load_plan({"version": 1, "geometry": {"stl": "part.stl"}})
+    with pytest.raises(GPEngineError, match="geometry.stl = .*part.stl does not exist"):
+        load_plan({"version": 1, "geometry": {"stl": "part.stl", "size": 40}})
 
 
 def test_malformed_json_reports_line_and_column(tmp_path):

@@ -37,7 +37,14 @@ def run(args) -> int:
           + (f", {vpm:,.0f} voxels/min" if vpm else ""))
     summary = result["stats"].get("summary", {})
     if "grains" in summary:
-        print(f"grains: {summary['grains']}")
+        cut = summary.get("cut_by_surface")
+        print(f"grains: {summary['grains']}" + (f" inside the part, {cut['grains']} more cut by its surface"
+                                                if cut else ""))
+    part = result["stats"].get("part")
+    if part:
+        print(f"part: {part['voxels_inside']:,} voxels inside, {part['blocks']} of {part['blocks_full_box']} "
+              "blocks of the full box generated" + (f"; mesh repairs: {', '.join(part['repairs'])}"
+                                                      if part["repairs"] else ""))
     for label, path in result["outputs"].items():
         print(f"  {label}: {path}")
     png = result["outputs"].get("slices (PNG)")

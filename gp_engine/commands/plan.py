@@ -31,12 +31,15 @@ def _fmt_shape(shape) -> str:
 
 def describe(plan, batch_size: int | None = None, list_blocks: bool = False) -> tuple[str, dict]:
     """The report printed by the command, and the numbers behind it (for tests and callers)."""
-    from ..planner import (BLOCK, canvas_shape, evaluations_per_block, make_batches, make_plan,
-                           new_voxels, stage_counts)
+    from ..generate import plan_blocks
+    from ..geometry import part_mask
+    from ..planner import BLOCK, canvas_shape, evaluations_per_block, make_batches, new_voxels, stage_counts
 
     shape = plan.geometry.shape
     canvas = canvas_shape(shape, BLOCK)
-    blocks = make_plan(plan.plan_kind, shape, BLOCK)
+    mask = part_mask(plan, canvas)
+    full = plan_blocks(plan.plan_kind, shape, BLOCK)
+    blocks = full if mask is None else plan_blocks(plan.plan_kind, shape, BLOCK, mask)
     bs = int(batch_size or plan.batch_size)
     batches = make_batches(blocks, bs)
     s = plan.sampler
@@ -50,11 +53,25 @@ def describe(plan, batch_size: int | None = None, list_blocks: bool = False) -> 
         "block_evaluations": n * per_block, "network_calls": len(batches) * per_block,
         "mean_batch_fill": n / max(len(batches), 1) / bs,
         "voxels": int(canvas[0] * canvas[1] * canvas[2]),
+        "blocks_full_box": len(full), "block_evaluations_full_box": len(full) * per_block,
+        "part_voxels": None if mask is None else int(mask.sum()),
     }
+    part_lines = []
+    if mask is not None:
+        g = plan.geometry
+        part = g.part()
+        part_lines = [
+            f"part: {g.stl} at pitch {g.pitch:.6g} units/voxel, rotation {list(g.rotation)}: "
+            f"{int(mask.sum()):,} voxels inside ({mask.mean():.1%} of the box)"
+            + (f"; repaired: {', '.join(part.repairs)}" if part.repairs else ""),
+            f"blocks the part needs: {n:,} of {len(full):,} in the full box ({n / max(len(full), 1):.0%}); "
+            f"network evaluations {n * per_block:,} vs {len(full) * per_block:,}",
+        ]
     lines = [
         f"plan: {plan.source or '(dict)'}",
         f"box {_fmt_shape(shape)} voxels" + (
             f" (planned on a canvas {_fmt_shape(canvas)}, cropped at the end)" if tuple(canvas) != tuple(shape) else ""),
+        *part_lines,
         f"plan kind: {plan.plan_kind}, block {BLOCK}³",
         f"sampler: {s.preset} (steps {s.steps}, resample {s.resample}, jump {s.jump}, "
         f"no_resample_tail {s.tail}) -> {per_block:,} network evaluations per block",
