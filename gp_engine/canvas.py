@@ -24,6 +24,7 @@ caught with one read of the file). Anything else is a one-line refusal that name
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -216,14 +217,16 @@ class Canvas:
         self.values, self.known, self.dir, self.state = values, known, directory, state
         self.channels = 1 if values.ndim == 3 else int(values.shape[0])
         self.state.setdefault("digest", 0)
+        #: axes on which blocks wrap round to the opposite face (recorded in the state)
+        self.periodic = tuple(bool(p) for p in self.state.get("periodic") or (False, False, False))
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def in_memory(cls, shape: tuple[int, int, int], channels: int = 1) -> "Canvas":
+    def in_memory(cls, shape: tuple[int, int, int], channels: int = 1, periodic=None) -> "Canvas":
         shape = tuple(int(s) for s in shape)
         vshape = shape if channels == 1 else (int(channels),) + shape
         return cls(np.zeros(vshape, np.float32), np.zeros(shape, np.uint8), None,
-                   {"completed": [], "meta": {}})
+                   {"completed": [], "meta": {}, "periodic": list(periodic or (False, False, False))})
 
     @staticmethod
     def path(out_dir: Path) -> Path:
@@ -231,7 +234,8 @@ class Canvas:
 
     @classmethod
     def create(cls, out_dir: Path, shape: tuple[int, int, int], meta: dict,
-               force: bool = False, channels: int = 1, directory: Path | None = None) -> "Canvas":
+               force: bool = False, channels: int = 1, directory: Path | None = None,
+               periodic=None) -> "Canvas":
         """Allocate a fresh on-disk canvas in ``directory`` (default ``OUT/canvas``); refuses an existing
         canvas unless ``force``, and even then removes only a folder that is a gp-engine canvas."""
         out_dir = Path(out_dir)
@@ -249,7 +253,8 @@ class Canvas:
         values = open_npy_memmap(cdir / "values.npy", np.float32, vshape)
         known = open_npy_memmap(cdir / "known.npy", np.uint8, shape)
         state = {"format": CANVAS_FORMAT, "version": STATE_VERSION, "meta": meta, "completed": [],
-                 "channels": int(channels), "digest": 0}
+                 "channels": int(channels), "digest": 0,
+                 "periodic": [bool(p) for p in (periodic or (False, False, False))]}
         canvas = cls(values, known, cdir, state)
         canvas.flush()
         return canvas
@@ -349,7 +354,7 @@ class Canvas:
         boxes = []
         for k in sorted(self.completed):
             for corner in layout[k]:
-                boxes.append(self._slices(corner, block_size)[0])
+                boxes.extend(cs for cs, _ in self._pieces(corner, block_size))
         nx = self.shape[0]
         for x in range(0, nx, slab):
             hi = min(x + slab, nx)
@@ -374,19 +379,19 @@ class Canvas:
         full = self._vshape4()
         written = []
         for corner, res in zip(corners, results):
-            cs, bs = self._slices(corner, size)
             res = res.reshape((self.channels,) + (size,) * 3)
-            old = np.array(self.values[cs] if self.channels == 1 else self.values[(slice(None),) + cs],
-                           np.float32).reshape((self.channels,) + tuple(s.stop - s.start for s in cs))
-            origin = tuple(s.start for s in cs)
-            for cs2, new2 in written:
-                inter = _intersect(cs, cs2)
-                if inter is not None:
-                    old[(slice(None),) + _shift(inter, origin)] = \
-                        new2[(slice(None),) + _shift(inter, tuple(s.start for s in cs2))]
-            new = np.ascontiguousarray(res[(slice(None),) + bs])
-            d ^= box_digest(old, (0,) + origin, full) ^ box_digest(new, (0,) + origin, full)
-            written.append((cs, new))
+            for cs, bs in self._pieces(corner, size):
+                old = np.array(self._region(cs), np.float32).reshape(
+                    (self.channels,) + tuple(s.stop - s.start for s in cs))
+                origin = tuple(s.start for s in cs)
+                for cs2, new2 in written:
+                    inter = _intersect(cs, cs2)
+                    if inter is not None:
+                        old[(slice(None),) + _shift(inter, origin)] = \
+                            new2[(slice(None),) + _shift(inter, tuple(s.start for s in cs2))]
+                new = np.ascontiguousarray(res[(slice(None),) + bs])
+                d ^= box_digest(old, (0,) + origin, full) ^ box_digest(new, (0,) + origin, full)
+                written.append((cs, new))
         return d
 
     # ------------------------------------------------------------------ block I/O
@@ -399,40 +404,54 @@ class Canvas:
     def completed(self) -> set[int]:
         return set(self.state["completed"])
 
-    def _slices(self, corner, size: int):
-        """Canvas slices and block-local slices of a block clipped to the canvas."""
-        cs, bs = [], []
-        for c, n in zip(corner, self.shape):
-            lo, hi = max(int(c), 0), min(int(c) + size, n)
-            if hi <= lo:
-                raise GPEngineError(f"block at corner {tuple(corner)} lies outside the canvas {self.shape}")
-            cs.append(slice(lo, hi))
-            bs.append(slice(lo - int(c), hi - int(c)))
-        return tuple(cs), tuple(bs)
+    def _pieces(self, corner, size: int) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
+        """(canvas slices, block-local slices) of the contiguous pieces of a size³ block: one piece
+        clipped to the canvas, or up to 8 where the block wraps round periodic axes."""
+        per_axis = []
+        for c, n, p in zip(corner, self.shape, self.periodic):
+            c = int(c)
+            if p:
+                start = c % n
+                if start + size <= n:
+                    per_axis.append([(slice(start, start + size), slice(0, size))])
+                else:
+                    cut = n - start
+                    per_axis.append([(slice(start, n), slice(0, cut)), (slice(0, size - cut), slice(cut, size))])
+            else:
+                lo, hi = max(c, 0), min(c + size, n)
+                if hi <= lo:
+                    raise GPEngineError(f"block at corner {tuple(corner)} lies outside the canvas {self.shape}")
+                per_axis.append([(slice(lo, hi), slice(lo - c, hi - c))])
+        return [(tuple(a[0] for a in combo), tuple(a[1] for a in combo))
+                for combo in itertools.product(*per_axis)]
+
+    def _region(self, cs) -> np.ndarray:
+        return self.values[cs] if self.channels == 1 else self.values[(slice(None),) + cs]
 
     def read_block(self, corner, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """(x0 [C, s, s, s], mask [s, s, s]) of a size³ block; voxels outside the canvas are unknown."""
+        """(x0 [C, s, s, s], mask [s, s, s]) of a size³ block; voxels outside the canvas are unknown
+        (on periodic axes the block wraps round to the opposite face)."""
         x0 = np.zeros((self.channels,) + (size,) * 3, np.float32)
         mask = np.zeros((size,) * 3, np.uint8)
-        cs, bs = self._slices(corner, size)
-        if self.channels == 1:
-            x0[0][bs] = self.values[cs]
-        else:
-            x0[(slice(None),) + bs] = self.values[(slice(None),) + cs]
-        mask[bs] = self.known[cs]
+        for cs, bs in self._pieces(corner, size):
+            if self.channels == 1:
+                x0[0][bs] = self.values[cs]
+            else:
+                x0[(slice(None),) + bs] = self.values[(slice(None),) + cs]
+            mask[bs] = self.known[cs]
         return x0, mask
 
     def _apply(self, corners, results: np.ndarray) -> None:
         """results: [B, C, s, s, s] (or [B, s, s, s] for one channel)."""
         size = results.shape[-1]
         for corner, res in zip(corners, results):
-            cs, bs = self._slices(corner, size)
             res = res.reshape((self.channels,) + (size,) * 3)
-            if self.channels == 1:
-                self.values[cs] = res[0][bs]
-            else:
-                self.values[(slice(None),) + cs] = res[(slice(None),) + bs]
-            self.known[cs] = 1
+            for cs, bs in self._pieces(corner, size):
+                if self.channels == 1:
+                    self.values[cs] = res[0][bs]
+                else:
+                    self.values[(slice(None),) + cs] = res[(slice(None),) + bs]
+                self.known[cs] = 1
 
     def commit(self, batch: int, corners, results: np.ndarray) -> None:
         """Stitch a finished batch (whole blocks, marked known) and checkpoint atomically."""

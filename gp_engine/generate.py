@@ -148,13 +148,17 @@ def model_id(model_dir: Path, manifest: dict) -> str:
     return h.hexdigest()[:16]
 
 
-def plan_blocks(plan_kind: str, shape, block: int, mask: np.ndarray | None = None):
+def plan_blocks(plan_kind: str, shape, block: int, mask: np.ndarray | None = None, periodic=None):
     """The plan's blocks over ``shape``; with a part ``mask`` (on the padded canvas) only the blocks the
-    part needs (``planner.restrict_to_mask``)."""
+    part needs (``planner.restrict_to_mask``); with ``periodic`` axes the wrapped grid plan."""
     from . import planner
 
     kind = (plan_kind or "grid").lower()
-    if kind == "grid":
+    if periodic is not None and any(periodic):
+        if kind != "grid":
+            raise GPEngineError(f"plan kind {plan_kind!r} cannot be periodic; use 'grid'")
+        blocks = planner.periodic_grid_plan(tuple(shape), tuple(periodic), block)
+    elif kind == "grid":
         blocks = planner.grid_plan(tuple(shape), block)
     elif kind in ("center", "centre"):
         blocks = planner.center_plan(tuple(shape), block)
@@ -223,7 +227,8 @@ def segmentation_kwargs(seg, levels: int | None = None, encoding_kind: str | Non
 
 def segment_field(field: np.ndarray, seg, out_dir: Path | None = None,
                   progress: bool = False, levels: int | None = None,
-                  encoding_kind: str | None = None, canvas_dir: Path | None = None) -> np.ndarray:
+                  encoding_kind: str | None = None, canvas_dir: Path | None = None,
+                  periodic=None) -> np.ndarray:
     """Segment the float field into grain ids with the plan's segmentation settings.
 
     ``levels``: the model's encoding levels (used by ``method="levels"``, which snaps to them);
@@ -231,11 +236,17 @@ def segment_field(field: np.ndarray, seg, out_dir: Path | None = None,
     ``AUTO_BITS_MIN_SIZE`` for bits, whose field here is the decoded code on 2^B levels).
 
     Large fields (memmaps over ``IN_RAM_VOXELS``) are segmented tile by tile into a memmap in
-    ``canvas_dir`` (default ``out_dir/canvas/``) so memory stays bounded.
+    ``canvas_dir`` (default ``out_dir/canvas/``) so memory stays bounded. ``periodic`` axes wrap
+    (``grains.label_periodic``; in RAM).
     """
     from .segment import segment
 
     kwargs = segmentation_kwargs(seg, levels, encoding_kind)
+    if periodic is not None and any(periodic):  # a grain crossing a face is one grain (in RAM)
+        from .grains import label_periodic
+
+        return label_periodic(lambda f: segment(np.ascontiguousarray(f), progress=progress, **kwargs),
+                              np.asarray(field), periodic, pad=2)
     if field.size > IN_RAM_VOXELS and out_dir is not None:
         from .volume_io import open_npy_memmap
 
@@ -244,7 +255,7 @@ def segment_field(field: np.ndarray, seg, out_dir: Path | None = None,
     return segment(np.ascontiguousarray(field), progress=progress, **kwargs)
 
 
-def reference_stats(reference) -> dict | None:
+def reference_stats(reference, periodic=None) -> dict | None:
     """Pooled per-grain statistics of the plan's reference volumes (read before any work: a bad path
     or an unreadable file is refused up front, and only their statistics are kept in memory)."""
     if not reference:
@@ -253,11 +264,11 @@ def reference_stats(reference) -> dict | None:
     from .volume_io import read_volume
 
     # raw SPPARKS spins are fine: they are split into 26-connected grains
-    return stats_of_volumes([read_volume(p) for p in reference])
+    return stats_of_volumes([read_volume(p) for p in reference], periodic=periodic)
 
 
 def compute_stats(grain_ids: np.ndarray, ref_stats: dict | None, n_reference: int = 0,
-                  mask: np.ndarray | None = None) -> dict:
+                  mask: np.ndarray | None = None, periodic=None) -> dict:
     """Summary of a segmented volume (streamed over slabs: memory does not grow with the volume),
     with KL against the reference statistics when given. Segmented ids are 26-connected grains
     already, so they are not split again.
@@ -267,7 +278,7 @@ def compute_stats(grain_ids: np.ndarray, ref_stats: dict | None, n_reference: in
     """
     from .stats import STAT_KEYS, _describe, grain_stats, kl_divergences
 
-    gen = grain_stats(grain_ids)
+    gen = grain_stats(grain_ids, periodic)
     if gen["volume"].size == 0:
         raise GPEngineError("the generated volume holds no grains (every voxel is 0): check the part and the model")
     cut_summary = None
@@ -352,10 +363,13 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
     # 2. limits the plan implies, before any work (the model's exact figures are checked again below)
     channels, widths = _model_hint(getattr(plan, "model", None))
     preflight.check(plan, out, B, channels, widths, where, keep_previous=force and has_run)
-    ref_stats = reference_stats(getattr(plan, "reference", None))
+    periodic = tuple(getattr(plan.geometry, "periodic", None) or (False, False, False))
+    # SPPARKS references wrap round like a periodic run; a non-periodic run is compared with them
+    # split at their faces, as the paper does
+    ref_stats = reference_stats(getattr(plan, "reference", None), periodic if any(periodic) else None)
     from .geometry import part_mask
 
-    padded = canvas_shape(shape, 32)  # thin boxes are planned on a canvas padded to one block
+    padded = canvas_shape(shape, 32, periodic)  # thin boxes are planned on a canvas padded to one block
     mask = part_mask(plan, padded)    # a CAD part: voxelized (and a broken mesh refused) before any work
 
     # 3. the folder is ours from here on: marked and locked for the whole run
@@ -370,7 +384,7 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
         setup = repaint.make_setup(Schedule.from_dict(manifest["schedule"]), sp, clip_x0=sp.clip_x0)
         if block != 32:
             raise GPEngineError(f"{model_dir}: block_size {block} is not supported (only 32)")
-        blocks = plan_blocks(getattr(plan, "plan_kind", "grid"), shape, block, mask)
+        blocks = plan_blocks(getattr(plan, "plan_kind", "grid"), shape, block, mask, periodic)
         batches = make_batches(blocks, B)
         seed = int(getattr(plan, "seed", 0) or 0)
         meta = {"plan_hash": plan_hash(plan), "seed": seed, "model": model_id(model_dir, manifest),
@@ -385,7 +399,8 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
             canvas = Canvas.resume(out, meta, layout, block, directory=cdir, progress=progress)
         else:  # a forced run keeps the previous canvas until its own is complete
             cdir = new_canvas if old_canvas.exists() else old_canvas
-            canvas = Canvas.create(out, padded, meta, force=force, channels=channels, directory=cdir)
+            canvas = Canvas.create(out, padded, meta, force=force, channels=channels, directory=cdir,
+                                   periodic=periodic)
         timing = sample_canvas(engine, blocks, batches, canvas, setup, seed, block, progress, stop_after,
                                shift_first=enc.get("kind", "paper") == "paper")
         timing.update(backend=engine.name, batch_size=B, blocks=len(blocks), batches=len(batches))
@@ -398,7 +413,7 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
 
             field = bits_display(raw)
         grain_ids = segment_field(field, getattr(plan, "segmentation", None), canvas.dir.parent, progress,
-                                  enc.get("levels"), enc.get("kind"), canvas_dir=canvas.dir)
+                                  enc.get("levels"), enc.get("kind"), canvas_dir=canvas.dir, periodic=periodic)
         inside = None
         if mask is not None:  # grain id 0 outside the part; grains split where the surface cuts them
             from .grains import split_grains
@@ -423,7 +438,9 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
             remove_canvas_dir(old_canvas)
             os.replace(new_canvas, old_canvas)
         stats["summary"] = compute_stats(grain_ids, ref_stats, len(getattr(plan, "reference", None) or ()),
-                                         mask=inside)
+                                         mask=inside, periodic=periodic)
+        if any(periodic):
+            stats["periodic"] = list(periodic)
         stats.pop("status")
         write_json_atomic(out / STATS_FILE, stats)
     return {"outputs": written, "timing": timing, "stats": stats}

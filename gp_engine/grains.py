@@ -49,3 +49,52 @@ def split_grains(labels: np.ndarray, connectivity: int = 26, mask: np.ndarray | 
 def count_grains(ids: np.ndarray) -> int:
     """Number of grains in an id volume (ids ``1..n``, ``0`` = outside)."""
     return int(np.unique(ids[ids > 0]).size)
+
+
+def label_periodic(label_fn, vol: np.ndarray, periodic, pad: int = 2) -> np.ndarray:
+    """Labels of ``vol`` that treat the periodic axes as a ring: a region crossing a face is one label.
+
+    ``label_fn(volume) -> int labels`` (0 = unlabelled) runs on ``vol`` padded by ``pad`` wrapped voxels
+    on each periodic axis, so every voxel near a face sees its neighbours across it; then the labels
+    of each core voxel and of its copies in the padding are merged (union-find over the label pairs)
+    and the core is renumbered 1..n in scan order. ``pad`` must cover the labeller's neighbourhood
+    (1 for 26-connected components; 2 leaves margin for the grid DBSCAN's eps < 2).
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    periodic = tuple(bool(p) for p in periodic)
+    if not any(periodic):
+        return label_fn(vol)
+    for n, p in zip(vol.shape, periodic):
+        if p and n < 2 * pad:
+            raise GPEngineError(f"a periodic axis of {n} voxels is too short to wrap (needs ≥ {2 * pad})")
+    pads = [(pad, pad) if p else (0, 0) for p in periodic]
+    big = np.asarray(label_fn(np.pad(np.asarray(vol), pads, mode="wrap")), np.int64)
+    core = tuple(slice(pad, big.shape[a] - pad) if p else slice(None) for a, p in enumerate(periodic))
+    a_list, b_list = [], []
+    for axis, p in enumerate(periodic):
+        if not p:
+            continue
+        n = vol.shape[axis]
+        for copy, orig in ((slice(0, pad), slice(n, n + pad)), (slice(n + pad, n + 2 * pad), slice(pad, 2 * pad))):
+            ca = [slice(None)] * 3
+            oa = [slice(None)] * 3
+            ca[axis], oa[axis] = copy, orig
+            a_list.append(big[tuple(ca)].ravel())
+            b_list.append(big[tuple(oa)].ravel())
+    a = np.concatenate(a_list)
+    b = np.concatenate(b_list)
+    keep = (a > 0) & (b > 0) & (a != b)
+    m = int(big.max()) + 1
+    graph = coo_matrix((np.ones(int(keep.sum()), np.int8), (a[keep], b[keep])), shape=(m, m))
+    _, comp = connected_components(graph, directed=False)
+    lab = big[core]
+    fg = lab > 0
+    roots = comp[lab[fg]]
+    uniq, first = np.unique(roots, return_index=True)  # renumber 1..n in scan order of the core
+    rank = np.empty(uniq.size, np.int32)
+    rank[np.argsort(first)] = np.arange(1, uniq.size + 1, dtype=np.int32)
+    out = np.zeros(lab.shape, np.int32)
+    out[fg] = rank[np.searchsorted(uniq, roots)]
+    return out

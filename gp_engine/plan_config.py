@@ -73,10 +73,11 @@ class GeometryConfig:
     rotation: tuple[float, float, float] = (0.0, 0.0, 0.0)
     offset: tuple[int, int, int] | None = None
     mesh_sha256: str | None = None   # of the mesh file: a changed part never resumes an old canvas
+    periodic: tuple[bool, bool, bool] = (False, False, False)
 
     def to_dict(self) -> dict[str, Any]:
         if self.stl is None:
-            return {"shape": list(self.shape)}
+            return {"shape": list(self.shape), "periodic": list(self.periodic)}
         d: dict[str, Any] = {"stl": str(self.stl), "rotation": list(self.rotation), "shape": list(self.shape)}
         d["pitch" if self.size is None else "size"] = self.pitch if self.size is None else self.size
         if self.offset is not None:
@@ -260,7 +261,14 @@ def _geometry(where: str, value: Any, base: Path) -> GeometryConfig:
     example = '"geometry": {"shape": [64, 64, 64]}'
     example_stl = '"geometry": {"stl": "part.stl", "size": 128}'
     obj = _as_object(where, "geometry", value, example)
-    _check_keys(where, "geometry", obj, ("shape", "stl", "pitch", "size", "rotation", "offset"))
+    _check_keys(where, "geometry", obj, ("shape", "stl", "pitch", "size", "rotation", "offset", "periodic"))
+    periodic = obj.get("periodic", False)
+    if isinstance(periodic, bool):
+        periodic = (periodic,) * 3
+    elif not (isinstance(periodic, (list, tuple)) and len(periodic) == 3 and all(isinstance(b, bool) for b in periodic)):
+        raise _bad(where, "geometry.periodic", periodic, "must be true, false or three booleans [x, y, z]",
+                   '"geometry": {"shape": [96, 96, 96], "periodic": true}')
+    periodic = tuple(periodic)
     shape = None
     if "shape" in obj:
         shape = obj["shape"]
@@ -275,7 +283,14 @@ def _geometry(where: str, value: Any, base: Path) -> GeometryConfig:
                                     f"{example_stl}")
         if shape is None:
             raise GPEngineError(f"{where}: geometry.shape is missing. Example fix: {example} (or {example_stl})")
-        return GeometryConfig(shape)  # type: ignore[arg-type]
+        for axis, (n, p) in enumerate(zip(shape, periodic)):
+            if p and n < 32:
+                raise _bad(where, f"geometry.shape[{axis}]", n, "must be at least 32 voxels on a periodic axis "
+                           "(one block); cheapest at multiples of 48", '"geometry": {"shape": [96, 96, 96], "periodic": true}')
+        return GeometryConfig(shape, periodic=periodic)  # type: ignore[arg-type]
+    if any(periodic):
+        raise GPEngineError(f"{where}: geometry.periodic applies to boxes, not to a CAD part (geometry.stl); "
+                            "remove one of them")
     stl = _as_path(where, "geometry.stl", obj["stl"], base, example_stl)
     if ("pitch" in obj) == ("size" in obj):
         raise GPEngineError(f"{where}: geometry needs exactly one of pitch (mesh units per voxel) or size "
@@ -462,6 +477,9 @@ def load_plan(path_or_dict: str | os.PathLike | Mapping[str, Any],
     _check_keys(where, "plan", plan_obj, ("kind",))
     plan_kind = _as_choice(where, "plan.kind", plan_obj.get("kind", "grid"), PLAN_KINDS,
                            '"plan": {"kind": "grid"}')
+    if any(geometry.periodic) and plan_kind != "grid":
+        raise _bad(where, "plan.kind", plan_kind, "a periodic geometry is planned on the grid only",
+                   '"plan": {"kind": "grid"}')
     batch_size = _as_int(where, "batch_size", data.get("batch_size", DEFAULTS["batch_size"]), 1, None,
                          '"batch_size": 8', " (blocks per network call)")
     backend = _as_choice(where, "backend", data.get("backend", DEFAULTS["backend"]), BACKENDS,

@@ -61,15 +61,18 @@ def _check_block(block: int) -> int:
     return int(block)
 
 
-def canvas_shape(shape: Sequence[int], block: int = BLOCK) -> tuple[int, int, int]:
-    """The shape actually planned and generated: ``shape`` with each axis padded up to ``block``.
+def canvas_shape(shape: Sequence[int], block: int = BLOCK, periodic: Sequence[bool] | None = None
+                 ) -> tuple[int, int, int]:
+    """The shape actually planned and generated: ``shape`` with each axis padded up to ``block``
+    (periodic axes are never padded: they must be ≥ ``block`` already).
 
     The generator allocates this canvas and crops ``[:nx, :ny, :nz]`` at the end.
     """
     block = _check_block(block)
     if len(shape) != 3 or any(int(n) < 1 for n in shape):
         raise GPEngineError(f"box shape {tuple(shape)} must be three integers ≥ 1")
-    return tuple(max(int(n), block) for n in shape)  # type: ignore[return-value]
+    periodic = periodic or (False, False, False)
+    return tuple(int(n) if p else max(int(n), block) for n, p in zip(shape, periodic))  # type: ignore[return-value]
 
 
 def grid_axis(length: int, block: int = BLOCK) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -272,6 +275,62 @@ def center_plan(shape: Sequence[int], block: int = BLOCK) -> list[Block]:
     return _finish(corners, stages, block)
 
 
+def periodic_axis(length: int, block: int = BLOCK) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Corner positions (A, B) along a periodic axis of ``length`` ≥ ``block`` voxels: m positions
+    evenly spread round the ring, m the smallest even number with spacing ≤ 0.75 block (so
+    neighbours overlap by ≥ block/4, as on the paper grid), A at even k, B at odd k. The last B
+    block wraps past the end onto the first A block."""
+    block = _check_block(block)
+    length = int(length)
+    if length < block:
+        raise GPEngineError(f"a periodic axis needs at least {block} voxels, got {length}")
+    step = 3 * block // 4
+    m = max(2, -(-length // step))
+    m += m % 2
+    pos = [round(k * length / m) for k in range(m)]
+    return tuple(pos[0::2]), tuple(pos[1::2])
+
+
+def periodic_dependencies(corners: Sequence[Sequence[int]], shape: Sequence[int],
+                          periodic: Sequence[bool], block: int = BLOCK) -> list[tuple[int, ...]]:
+    """For each corner, the EARLIER corners whose blocks overlap it (|Δ| < ``block`` on every axis), with
+    distances measured round the ring on periodic axes. Unlike :func:`chebyshev_dependencies`, blocks
+    that only touch are independent: on a ring of 2·block voxels every block would touch every other
+    one and the plan would run one block at a time."""
+    c = np.asarray(corners, np.int64).reshape(-1, 3)
+    n = np.asarray(shape, np.int64)
+    per = np.asarray(periodic, bool)
+    out: list[tuple[int, ...]] = []
+    for lo in range(0, len(c), 128):
+        d = np.abs(c[lo:lo + 128, None, :] - c[None, :, :])
+        d = np.where(per, np.minimum(d, n - d), d)
+        near = d.max(axis=2) < block
+        for r, row in enumerate(near):
+            i = lo + r
+            out.append(tuple(int(j) for j in np.flatnonzero(row[:i])))
+    return out
+
+
+def periodic_grid_plan(shape: Sequence[int], periodic: Sequence[bool], block: int = BLOCK) -> list[Block]:
+    """The 8-stage grid plan with periodic axes: positions from :func:`periodic_axis` there (blocks
+    near a face outpaint against the opposite face), :func:`grid_axis` elsewhere; dependencies with
+    distances round the ring. The canvas is not padded on periodic axes (each needs ≥ ``block``)."""
+    block = _check_block(block)
+    canvas = tuple(int(n) if p else max(int(n), block) for n, p in zip(shape, periodic))
+    axes = [periodic_axis(n, block) if p else grid_axis(n, block) for n, p in zip(canvas, periodic)]
+    corners: list[tuple[int, int, int]] = []
+    stages: list[int] = []
+    seen = set()
+    for stage, pattern in enumerate(STAGE_PATTERNS, start=1):
+        for c in itertools.product(*[axes[a][pattern[a]] for a in range(3)]):
+            if c not in seen:
+                seen.add(c)
+                corners.append(c)  # type: ignore[arg-type]
+                stages.append(stage)
+    deps = periodic_dependencies(corners, canvas, periodic, block)
+    return [Block(i, c, s, d) for i, (c, s, d) in enumerate(zip(corners, stages, deps))]
+
+
 PLANNERS = {"grid": grid_plan, "center": center_plan}
 
 
@@ -312,12 +371,15 @@ def restrict_to_mask(blocks: Sequence[Block], mask: np.ndarray, block: int = BLO
             for b in blocks if keep[b.index]]
 
 
-def estimate_blocks(kind: str, shape: Sequence[int], block: int = BLOCK) -> int:
+def estimate_blocks(kind: str, shape: Sequence[int], block: int = BLOCK,
+                    periodic: Sequence[bool] | None = None) -> int:
     """An upper bound on the number of blocks ``make_plan(kind, shape)`` returns, from the per-axis
     positions alone (microseconds for any box): the limit checks run it before anything is planned."""
     canvas = canvas_shape(shape, block)
     if kind == "grid":
-        axes = [grid_axis(n, block) for n in canvas]
+        periodic = periodic or (False, False, False)
+        axes = [periodic_axis(n, block) if p and n >= block else grid_axis(n, block)
+                for n, p in zip(canvas, periodic)]
         return sum(int(np.prod([len(axes[a][p[a]]) for a in range(3)], dtype=np.int64))
                    for p in STAGE_PATTERNS)
     if kind in ("center", "centre"):

@@ -58,15 +58,15 @@ def _gib(n: float) -> str:
 
 
 def estimate(shape, plan_kind: str, batch_size: int, channels: int = 1, widths=None,
-             block: int = 32) -> dict:
+             block: int = 32, periodic=None) -> dict:
     """Blocks, voxels, memory (bytes, by part) and disk (bytes) a plan needs."""
     from .canvas import BYTES_PER_VOXEL
     from .generate import IN_RAM_VOXELS
     from .planner import canvas_shape, estimate_blocks
 
-    canvas = canvas_shape(shape, block)
+    canvas = canvas_shape(shape, block, periodic)
     voxels = canvas[0] * canvas[1] * canvas[2]
-    blocks = estimate_blocks(plan_kind, shape, block)
+    blocks = estimate_blocks(plan_kind, shape, block, periodic)
     widths = tuple(int(w) for w in (widths or DEFAULT_WIDTHS))
     per_block = SAMPLER_ARRAYS * channels * block ** 3 * 4
     per_block += sum(ACTIVATION_COPIES * w * (block >> level) ** 3 * 4 for level, w in enumerate(widths))
@@ -88,7 +88,8 @@ def check(plan, out_dir: Path | None = None, batch_size: int | None = None, chan
     B = int(batch_size or plan.batch_size)
     if B < 1:
         raise GPEngineError(f"{where}: batch_size {B} must be ≥ 1")
-    est = estimate(plan.geometry.shape, plan.plan_kind, B, channels, widths)
+    est = estimate(plan.geometry.shape, plan.plan_kind, B, channels, widths,
+                   periodic=getattr(plan.geometry, "periodic", None))
     have = available_memory()
     if have is not None and est["memory_total"] > MEMORY_HEADROOM * have:
         parts = ", ".join(f"{k} {_gib(v)}" for k, v in est["memory"].items())

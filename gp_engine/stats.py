@@ -56,11 +56,13 @@ def _max_id(ids: np.ndarray) -> int:
     return m
 
 
-def grain_stats(ids: np.ndarray) -> dict[str, np.ndarray]:
+def grain_stats(ids: np.ndarray, periodic=None) -> dict[str, np.ndarray]:
     """Per-grain statistics of a split grain-id volume ``[x, y, z]`` (see the module docstring).
 
     Returns ``volume``, ``b_a``, ``c_a``, ``nn_dist``, ``centroid`` (n×3) and ``grain_id``; one entry per
-    grain id present (ids that do not occur are skipped).
+    grain id present (ids that do not occur are skipped). ``periodic`` (three booleans): on those axes
+    a grain may cross the face; its coordinates are unwrapped round its circular mean first (one more
+    pass over the volume), and nearest-centroid distances are measured round the ring.
     """
     from scipy.spatial import cKDTree
 
@@ -78,15 +80,33 @@ def grain_stats(ids: np.ndarray) -> dict[str, np.ndarray]:
     slab = max(1, SLAB_VOXELS // max(ny * nz, 1))
     yy = np.repeat(np.arange(ny, dtype=np.float64), nz)
     zz = np.tile(np.arange(nz, dtype=np.float64), ny)
-    for x0 in range(0, nx, slab):
-        part = np.asarray(ids[x0:x0 + slab])
-        flat = part.ravel().astype(np.int64, copy=False)
-        if flat.size and flat.min() < 0:
-            raise GPEngineError("grain ids must be >= 0 (0 = outside the part)")
-        k = part.shape[0]
-        xs = np.repeat(np.arange(x0, x0 + k, dtype=np.float64), ny * nz)
-        ys, zs = np.tile(yy, k), np.tile(zz, k)
-        coords = (xs, ys, zs)
+    periodic = tuple(bool(p) for p in (periodic or (False, False, False)))
+    dims = (nx, ny, nz)
+
+    def slabs():
+        for x0 in range(0, nx, slab):
+            part = np.asarray(ids[x0:x0 + slab])
+            flat = part.ravel().astype(np.int64, copy=False)
+            if flat.size and flat.min() < 0:
+                raise GPEngineError("grain ids must be >= 0 (0 = outside the part)")
+            k = part.shape[0]
+            xs = np.repeat(np.arange(x0, x0 + k, dtype=np.float64), ny * nz)
+            yield flat, (xs, np.tile(yy, k), np.tile(zz, k))
+
+    centre = {}
+    if any(periodic):  # pass 1: each grain's circular mean on the periodic axes
+        trig = {a: np.zeros((2, n)) for a in range(3) if periodic[a]}
+        for flat, coords in slabs():
+            for a, acc in trig.items():
+                ang = coords[a] * (2 * np.pi / dims[a])
+                acc[0] += np.bincount(flat, weights=np.cos(ang), minlength=n)
+                acc[1] += np.bincount(flat, weights=np.sin(ang), minlength=n)
+        for a, acc in trig.items():
+            centre[a] = np.mod(np.arctan2(acc[1], acc[0]) * dims[a] / (2 * np.pi), dims[a])
+    for flat, coords in slabs():
+        if centre:  # unwrap every voxel to within half a period of its grain's centre
+            coords = tuple(c - dims[a] * np.round((c - centre[a][flat]) / dims[a]) if a in centre else c
+                           for a, c in enumerate(coords))
         sums[0] += np.bincount(flat, minlength=n)
         for i in range(3):
             sums[1 + i] += np.bincount(flat, weights=coords[i], minlength=n)
@@ -114,7 +134,13 @@ def grain_stats(ids: np.ndarray) -> dict[str, np.ndarray]:
     b_a[single] = np.nan
     c_a[single] = np.nan
     if present.size >= 2:
-        dist, _ = cKDTree(mean).query(mean, k=2)
+        if any(periodic):
+            box = np.array([d if p else 3 * d for d, p in zip(dims, periodic)], np.float64)
+            pts = np.where(periodic, np.mod(mean, box), mean)
+            pts = np.where(pts >= box, 0.0, pts)  # mod can round up to the box size itself
+            dist, _ = cKDTree(pts, boxsize=box).query(pts, k=2)
+        else:
+            dist, _ = cKDTree(mean).query(mean, k=2)
         nn = dist[:, 1]
     else:
         nn = np.full(present.size, np.nan)
@@ -259,14 +285,18 @@ def _describe(pooled: dict[str, np.ndarray], n_volumes: int) -> dict[str, float 
     }
 
 
-def stats_of_volumes(volumes: Sequence[np.ndarray], split: bool = True, zero_is_outside: bool = True
-                     ) -> dict[str, np.ndarray]:
+def stats_of_volumes(volumes: Sequence[np.ndarray], split: bool = True, zero_is_outside: bool = True,
+                     periodic=None) -> dict[str, np.ndarray]:
     """Pooled per-grain statistics of label volumes (split into 26-connected grains first if ``split``).
 
     ``zero_is_outside``: label 0 marks voxels outside the part (CAD-shaped outputs) and is never a
     grain. SPPARKS spins and segmented ids are >= 1, so this only matters for masked volumes.
+    ``periodic`` (three booleans): grains crossing those faces are one grain (SPPARKS volumes are
+    periodic; so are generated volumes with ``geometry.periodic``).
     """
-    from .grains import split_grains
+    from .grains import label_periodic, split_grains
+
+    periodic = tuple(bool(p) for p in (periodic or (False, False, False)))
 
     out = []
     for v in volumes:
@@ -275,12 +305,13 @@ def stats_of_volumes(volumes: Sequence[np.ndarray], split: bool = True, zero_is_
             mask = (v != 0) if zero_is_outside else None
             if mask is not None and mask.all():
                 mask = None
-            ids = split_grains(v, mask=mask)
+            ids = label_periodic(lambda a, m=mask: split_grains(a, mask=None if m is None else a != 0),
+                                 v, periodic, pad=1) if any(periodic) else split_grains(v, mask=mask)
         else:
             ids = v
             if not zero_is_outside and ids.dtype.kind in "iu" and ids.size and ids.min() == 0:
                 ids = ids.astype(np.int64) + 1
-        out.append(grain_stats(ids))
+        out.append(grain_stats(ids, periodic))
     pooled = concat_stats(out)
     if pooled["volume"].size == 0:
         raise GPEngineError("the volumes hold no grains (every voxel is 0 = outside): check the input files")
@@ -289,7 +320,7 @@ def stats_of_volumes(volumes: Sequence[np.ndarray], split: bool = True, zero_is_
 
 def summarize(ids_list: Sequence[np.ndarray], ref_list: Sequence[np.ndarray] | None = None,
               split: bool = True, log_volume: bool = False, return_stats: bool = False,
-              zero_is_outside: bool = True) -> dict:
+              zero_is_outside: bool = True, periodic=None, ref_periodic=None) -> dict:
     """JSON-able summary of label volumes, with KL against ``ref_list`` when given.
 
     Volumes are split into 26-connected grains first (``split=True``: raw SPPARKS spins, or segmented
@@ -298,12 +329,14 @@ def summarize(ids_list: Sequence[np.ndarray], ref_list: Sequence[np.ndarray] | N
     ``mean_volume``, ``median_volume``, ``mean_b_a``, ``mean_c_a``, ``mean_nn_dist`` and, with a
     reference, ``reference`` (the same keys for it) and ``kl_volume``, ``kl_aspect``, ``kl_centroid``.
     ``return_stats=True`` also returns the pooled per-grain arrays: ``(summary, gen, ref_or_None)``.
+    ``periodic`` / ``ref_periodic``: axes on which the volumes / references wrap (see
+    :func:`stats_of_volumes`).
     """
-    gen = stats_of_volumes(ids_list, split, zero_is_outside)
+    gen = stats_of_volumes(ids_list, split, zero_is_outside, periodic)
     out: dict = _describe(gen, len(ids_list))
     ref = None
     if ref_list:
-        ref = stats_of_volumes(ref_list, split, zero_is_outside)
+        ref = stats_of_volumes(ref_list, split, zero_is_outside, ref_periodic)
         out["reference"] = _describe(ref, len(ref_list))
         out.update(kl_divergences(gen, ref, log_volume=log_volume))
         out["kl_volume_axis"] = "log10 voxels" if log_volume else "voxels"

@@ -36,10 +36,12 @@ def describe(plan, batch_size: int | None = None, list_blocks: bool = False) -> 
     from ..planner import BLOCK, canvas_shape, evaluations_per_block, make_batches, new_voxels, stage_counts
 
     shape = plan.geometry.shape
-    canvas = canvas_shape(shape, BLOCK)
+    periodic = plan.geometry.periodic
+    canvas = canvas_shape(shape, BLOCK, periodic)
     mask = part_mask(plan, canvas)
-    full = plan_blocks(plan.plan_kind, shape, BLOCK)
+    full = plan_blocks(plan.plan_kind, shape, BLOCK, periodic=periodic)
     blocks = full if mask is None else plan_blocks(plan.plan_kind, shape, BLOCK, mask)
+    plain = len(plan_blocks(plan.plan_kind, shape, BLOCK)) if any(periodic) else None
     bs = int(batch_size or plan.batch_size)
     batches = make_batches(blocks, bs)
     s = plan.sampler
@@ -72,7 +74,9 @@ def describe(plan, batch_size: int | None = None, list_blocks: bool = False) -> 
         f"box {_fmt_shape(shape)} voxels" + (
             f" (planned on a canvas {_fmt_shape(canvas)}, cropped at the end)" if tuple(canvas) != tuple(shape) else ""),
         *part_lines,
-        f"plan kind: {plan.plan_kind}, block {BLOCK}³",
+        f"plan kind: {plan.plan_kind}, block {BLOCK}³"
+        + (f", periodic on {'xyz' if all(periodic) else ''.join(a for a, p in zip('xyz', periodic) if p)}: "
+           f"{n:,} blocks vs {plain:,} for the non-periodic box ({n / max(plain, 1):.2f}x)" if plain else ""),
         f"sampler: {s.preset} (steps {s.steps}, resample {s.resample}, jump {s.jump}, "
         f"no_resample_tail {s.tail}) -> {per_block:,} network evaluations per block",
         "stages:",

@@ -28,6 +28,11 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--zero-is-grain", action="store_true",
                    help="count label 0 as a grain label (default: 0 marks voxels outside the part)")
     p.add_argument("--force", action="store_true", help="replace existing --json / --plots files")
+    p.add_argument("--periodic", action="store_true",
+                   help="the volumes wrap round (a grain crossing a face is one grain): generated with "
+                        "geometry.periodic, or SPPARKS volumes")
+    p.add_argument("--reference-periodic", action="store_true",
+                   help="the reference volumes wrap round (SPPARKS volumes do)")
     p.add_argument("--log-volume", action="store_true",
                    help="compare log10 grain volumes instead of raw voxel counts (paper: raw)")
     return p
@@ -58,7 +63,9 @@ def run(args) -> int:
     vols = [read_volume(p) for p in args.volumes]
     refs = [read_volume(p) for p in args.reference] if args.reference else None
     summary, gen, ref = summarize(vols, refs, split=args.split, log_volume=args.log_volume, return_stats=True,
-                                     zero_is_outside=not args.zero_is_grain)
+                                  zero_is_outside=not args.zero_is_grain,
+                                  periodic=(True,) * 3 if args.periodic else None,
+                                  ref_periodic=(True,) * 3 if args.reference_periodic else None)
     summary["inputs"] = [str(p) for p in args.volumes]
     if args.reference:
         summary["reference"]["inputs"] = [str(p) for p in args.reference]
