@@ -325,6 +325,8 @@ def write_damask(out_dir: str | os.PathLike, grain_ids, orientations, phases=Non
     has_outside = bool((inp.ids == 0).any())
     phase_cfg = dict(phase_config or {})
     all_names = list(inp.phase_names.values()) + ([outside_phase] if has_outside else [])
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", outside_phase):
+        raise GPEngineError(f"outside_phase {outside_phase!r}: use a plain name (letters, digits, _ . -)")
     if has_outside and outside_phase in inp.phase_names.values():
         raise GPEngineError(f"outside_phase {outside_phase!r} is also a grain phase name; choose another")
     unknown = sorted(set(phase_cfg) - set(all_names))
