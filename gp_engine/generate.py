@@ -131,7 +131,7 @@ def _as_dict(obj):
 def plan_hash(plan) -> str:
     """Hash of everything that determines the voxels (not outputs, backend or progress)."""
     d = dict(_as_dict(plan))
-    for k in ("outputs", "backend", "reference", "segmentation", "source", "checkpoint_every"):
+    for k in ("outputs", "backend", "reference", "segmentation", "source", "checkpoint_every", "orientations"):
         d.pop(k, None)
     blob = json.dumps(d, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
@@ -305,6 +305,14 @@ def compute_stats(grain_ids: np.ndarray, ref_stats: dict | None, n_reference: in
     return out
 
 
+def export_options(plan, seed: int) -> dict:
+    """What the orientation-carrying exports need from the plan: voxel size, units, orientation spec."""
+    out = getattr(plan, "outputs", None)
+    return {"voxel_size": float(getattr(out, "voxel_size", 1.0) or 1.0),
+            "units": getattr(out, "units", "µm") or "µm",
+            "orientations": getattr(plan, "orientations", None), "seed": int(seed)}
+
+
 def _model_hint(model) -> tuple[int, list[int] | None]:
     """(channels, U-Net widths) of the plan's model from its manifest when that is cheap to read
     (a built model folder or the default); (1, None) otherwise."""
@@ -431,7 +439,8 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
                              "repairs": list(geo.part().repairs) if geo.stl else []}
         staging = run_dir.new_staging(out)
         written = write_results(staging, field, grain_ids, formats, stats,
-                                raw_field=raw if channels > 1 else None, mask=inside)
+                                raw_field=raw if channels > 1 else None, mask=inside,
+                                exports=export_options(plan, seed))
         run_dir.swap_in(out, staging, previous)
         written = {label: out / Path(p).name for label, p in written.items()}
         if cdir == new_canvas:  # the new run is complete: its canvas replaces the previous one

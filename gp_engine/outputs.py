@@ -16,7 +16,13 @@ FORMAT_FILES = {
     "vti": ("grains.vti",),
     "spparks": ("grains.dump",),
     "png": ("slices.png", "render.png"),
+    "orientations": ("orientations.csv",),
+    "dream3d": ("grains.dream3d",),
+    "damask": ("damask_geom.vti", "material.yaml"),
+    "abaqus": ("grains.inp",),
 }
+#: formats that carry grain orientations (each also writes orientations.csv)
+ORIENTED = ("dream3d", "damask", "abaqus", "orientations")
 ALL_FORMATS = tuple(FORMAT_FILES)
 STATS_FILE = "stats.json"
 
@@ -29,13 +35,32 @@ def normalise_formats(formats) -> list[str]:
     if not formats:
         return list(ALL_FORMATS)
     alias = {"dump": "spparks", "spparks": "spparks", "txt": "spparks", "npy": "npy",
-             "vti": "vti", "png": "png", "field": "field"}
+             "vti": "vti", "png": "png", "field": "field", "dream3d": "dream3d", "damask": "damask",
+             "abaqus": "abaqus", "inp": "abaqus", "orientations": "orientations"}
     out = []
     for f in formats:
         name = alias.get(str(f).lower().lstrip("."))
         if name is not None and name not in out:
             out.append(name)
+    if any(f in ORIENTED for f in out) and "orientations" not in out:
+        out.append("orientations")  # the per-grain table goes with every oriented export
     return out
+
+
+def write_orientations_csv(path: Path, quats: np.ndarray, euler: np.ndarray, phases: np.ndarray) -> Path:
+    """One row per grain: id, phase, Bunge Euler angles (degrees; ZXZ, crystal → sample as in
+    ``gp_engine.orientations``) and the unit quaternion (w, x, y, z)."""
+    from .atomic_write import atomic_open
+
+    with atomic_open(path, "w", newline="") as fh:
+        fh.write("# gp-engine grain orientations: Bunge Euler angles (phi1, Phi, phi2) in degrees, "
+                 "unit quaternion (w, x, y, z); grain id as in the grain-id volumes (0 = outside)\n")
+        fh.write("grain_id,phase,phi1_deg,Phi_deg,phi2_deg,qw,qx,qy,qz\n")
+        deg = np.degrees(euler)
+        for i in range(len(quats)):
+            fh.write(f"{i + 1},{int(phases[i])},{deg[i, 0]:.6f},{deg[i, 1]:.6f},{deg[i, 2]:.6f},"
+                     f"{quats[i, 0]:.9f},{quats[i, 1]:.9f},{quats[i, 2]:.9f},{quats[i, 3]:.9f}\n")
+    return Path(path)
 
 
 def output_paths(out_dir: Path, formats) -> list[Path]:
@@ -88,13 +113,15 @@ def write_slices_png(path: Path, grain_ids: np.ndarray, field: np.ndarray) -> Pa
 
 def write_results(out_dir: Path, field: np.ndarray, grain_ids: np.ndarray, formats,
                   stats: dict, raw_field: np.ndarray | None = None,
-                  mask: np.ndarray | None = None) -> dict[str, Path]:
+                  mask: np.ndarray | None = None, exports: dict | None = None) -> dict[str, Path]:
     """Write every requested output; returns {label: path}.
 
     ``field``: one float per voxel (shown in the slices); ``raw_field``: the model's multi-channel
     output [C, x, y, z] when it has more than one channel (analog bits), written as ``field.npy``.
     ``mask``: a CAD part's voxels (grain ids are 0 outside it already); the .vti carries it as the
     cell array ``part_mask``; the slices show the outside (id 0) black and the 3D render leaves it out.
+    ``exports``: ``voxel_size``, ``units``, ``orientations`` (the plan's spec) and ``seed`` for the
+    oriented formats (orientations.csv, DREAM.3D, DAMASK, Abaqus).
     """
     from . import volume_io
 
@@ -129,6 +156,23 @@ def write_results(out_dir: Path, field: np.ndarray, grain_ids: np.ndarray, forma
             out_dir / "render.png", grain_ids, None if mask is None else np.asarray(mask, bool),
             title=f"{'part' if mask is not None else 'volume'} {'x'.join(map(str, grain_ids.shape))} voxels, "
                   f"{n} grains")
+    if any(f in ORIENTED for f in fmts):
+        from .export.formats import write_format
+        from .orientations import orientations_from_plan
+
+        ex = dict(exports or {})
+        ids = np.asarray(grain_ids, np.int32)
+        quats, euler, phases = orientations_from_plan(ex.get("orientations"), int(ids.max()), ex.get("seed", 0))
+        kw = {"voxel_size": ex.get("voxel_size", 1.0), "units": ex.get("units", "µm")}
+        written["orientations (CSV)"] = write_orientations_csv(out_dir / "orientations.csv", quats, euler, phases)
+        if "dream3d" in fmts:
+            written["DREAM.3D"] = write_format("dream3d", out_dir / "grains.dream3d", ids, quats, phases, **kw)
+        if "damask" in fmts:
+            geom, material = write_format("damask", out_dir, ids, quats, phases, name="damask_geom", **kw)
+            written["DAMASK geometry"] = geom
+            written["DAMASK material.yaml"] = material
+        if "abaqus" in fmts:
+            written["Abaqus (.inp)"] = write_format("abaqus", out_dir / "grains.inp", ids, quats, phases, **kw)
     write_json_atomic(out_dir / STATS_FILE, stats)
     written["stats (JSON)"] = out_dir / STATS_FILE
     return written

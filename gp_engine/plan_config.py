@@ -40,7 +40,9 @@ BACKENDS = ("auto", "tensorrt", "torch-cuda", "onnxruntime")
 #: ``auto``: ``levels`` for a model with the grain-separable encoding, ``dbscan`` for the paper's and
 #: (with clusters under 80 voxels refilled) for analog bits.
 SEGMENTATION_METHODS = ("auto", "dbscan", "levels")
-OUTPUT_FORMATS = ("npy", "vti", "spparks", "png", "field")
+OUTPUT_FORMATS = ("npy", "vti", "spparks", "png", "field", "dream3d", "damask", "abaqus", "orientations")
+#: units a plan may give the voxel size in (every export states them)
+LENGTH_UNITS = ("m", "mm", "µm", "um", "nm")
 MAX_SEED = 2**32 - 1  # the counter-based noise hashes the seed to 32 bits
 
 DEFAULTS: dict[str, Any] = {
@@ -51,7 +53,8 @@ DEFAULTS: dict[str, Any] = {
     "backend": "auto",
     "seed": 0,
     "segmentation": {"method": "auto", "eps": 1.9, "min_samples": 15, "value_scale": 32.0, "min_size": None},
-    "outputs": {"dir": "out", "formats": ["npy", "vti", "png"]},
+    "outputs": {"dir": "out", "formats": ["npy", "vti", "png"], "voxel_size": 1.0, "units": "µm"},
+    "orientations": None,
     "reference": None,
     "checkpoint_every": 1,
 }
@@ -129,10 +132,13 @@ class SegmentationConfig:
 
 @dataclass(frozen=True)
 class OutputsConfig:
-    """Where results go (absolute directory) and which files to write."""
+    """Where results go (absolute directory), which files to write, and the physical voxel size
+    (``voxel_size`` in ``units``) that every export states."""
 
     dir: Path
     formats: tuple[str, ...]
+    voxel_size: float = 1.0
+    units: str = "µm"
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,7 @@ class PlanConfig:
     reference: tuple[Path, ...] | None
     checkpoint_every: int
     source: Path | None = None
+    orientations: dict | None = None   # {"seed", "texture", "phase"}: see gp_engine.orientations
 
     def to_dict(self) -> dict[str, Any]:
         """The plan as plan.json would write it (absolute paths, preset expanded): for recording
@@ -173,7 +180,9 @@ class PlanConfig:
             "backend": self.backend,
             "seed": self.seed,
             "segmentation": asdict(self.segmentation),
-            "outputs": {"dir": str(self.outputs.dir), "formats": list(self.outputs.formats)},
+            "outputs": {"dir": str(self.outputs.dir), "formats": list(self.outputs.formats),
+                        "voxel_size": self.outputs.voxel_size, "units": self.outputs.units},
+            "orientations": self.orientations,
             "reference": None if self.reference is None else [str(p) for p in self.reference],
             "checkpoint_every": self.checkpoint_every,
         }
@@ -385,7 +394,7 @@ def _segmentation(where: str, value: Any) -> SegmentationConfig:
 def _outputs(where: str, value: Any, base: Path) -> OutputsConfig:
     example = '"outputs": {"dir": "out", "formats": ["npy", "vti", "png"]}'
     obj = _as_object(where, "outputs", value, example)
-    _check_keys(where, "outputs", obj, ("dir", "formats"))
+    _check_keys(where, "outputs", obj, ("dir", "formats", "voxel_size", "units"))
     d = DEFAULTS["outputs"]
     out_dir = _as_path(where, "outputs.dir", obj.get("dir", d["dir"]), base, '"outputs": {"dir": "out"}')
     formats = obj.get("formats", d["formats"])
@@ -398,7 +407,11 @@ def _outputs(where: str, value: Any, base: Path) -> OutputsConfig:
         f = _as_choice(where, f"outputs.formats[{i}]", f, OUTPUT_FORMATS, example)
         if f not in chosen:
             chosen.append(f)
-    return OutputsConfig(out_dir, tuple(chosen))
+    voxel_size = _as_float(where, "outputs.voxel_size", obj.get("voxel_size", d["voxel_size"]), 0.0, None,
+                           '"outputs": {"voxel_size": 0.5, "units": "µm"}', " (physical edge of a voxel)")
+    units = _as_choice(where, "outputs.units", obj.get("units", d["units"]), LENGTH_UNITS,
+                       '"outputs": {"voxel_size": 0.5, "units": "µm"}')
+    return OutputsConfig(out_dir, tuple(chosen), voxel_size, units)
 
 
 def _reference(where: str, value: Any, base: Path) -> tuple[Path, ...] | None:
@@ -414,7 +427,22 @@ def _reference(where: str, value: Any, base: Path) -> tuple[Path, ...] | None:
 # --------------------------------------------------------------------------- entry point
 
 TOP_KEYS = ("version", "geometry", "model", "sampler", "plan", "batch_size", "backend", "seed",
-            "segmentation", "outputs", "reference", "checkpoint_every")
+            "segmentation", "outputs", "reference", "checkpoint_every", "orientations")
+
+
+def _orientations(where: str, value: Any) -> dict | None:
+    """Validate ``orientations`` now (a bad texture must not wait for the end of a run)."""
+    if value is None:
+        return None
+    obj = dict(_as_object(where, "orientations", value, '"orientations": {"seed": 7}'))
+    from .orientations import orientations_from_plan
+
+    try:
+        orientations_from_plan(obj, 1, 0)
+    except GPEngineError as exc:
+        msg = str(exc)
+        raise GPEngineError(f"{where}: {msg if msg.startswith('orientations') else 'orientations.' + msg}") from None
+    return obj
 
 
 def read_plan_json(path: str | os.PathLike) -> dict[str, Any]:
@@ -491,5 +519,6 @@ def load_plan(path_or_dict: str | os.PathLike | Mapping[str, Any],
     checkpoint_every = _as_int(where, "checkpoint_every",
                                data.get("checkpoint_every", DEFAULTS["checkpoint_every"]), 0, None,
                                '"checkpoint_every": 1', " (batches between checkpoints; 0 = never)")
+    orientations = _orientations(where, data.get("orientations", DEFAULTS["orientations"]))
     return PlanConfig(PLAN_VERSION, geometry, model, sampler, plan_kind, batch_size, backend, seed,
-                      segmentation, outputs, reference, checkpoint_every, source)
+                      segmentation, outputs, reference, checkpoint_every, source, orientations)
