@@ -351,54 +351,64 @@ def train(opts: TrainOptions) -> dict:
     window, t_window, n_window = torch.zeros((), device=device), time.time(), 0
     stopped_by_time = False
     cpu_start = time.process_time()  # the CPU budget buys training steps, not data loading
+    # Ctrl-C / SIGTERM (a scheduler's stop, `kill`): finish the step, checkpoint, stop; a second
+    # signal interrupts at once (the last periodic checkpoint is then what is left)
+    stop = StopRequest().install()
     model.train()
-    while step < opts.steps:
-        x0 = src.sample(opts.batch_size, gen, opts.random_fraction)
-        t = torch.randint(0, schedule.T, (opts.batch_size,), device=device, generator=gen)
-        noise = torch.randn(x0.shape, device=device, generator=gen)
-        with autocast():
-            loss = diffusion_loss(fwd, x0, t, noise, sqrt_ab, sqrt_1mab, **loss_opts)
-        optim.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optim)
-        else:
-            loss.backward()
-        if opts.grad_clip and opts.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
-        if scaler is not None:
-            scaler.step(optim)
-            scaler.update()
-        else:
-            optim.step()
-        ema_update(ema, model, ema_decay_at(step, opts.ema_decay))
-        step += 1
-        samples += opts.batch_size
-        window += loss.detach().float()   # summed on the device: no sync per step
-        n_window += 1
-        if step % opts.log_every == 0 or step == opts.steps:
-            last_train = float(window) / n_window
-            if not math.isfinite(last_train):
-                raise GPEngineError(f"training loss became {last_train} near step {step}; lower --lr or use fp32")
-            history["train"].append([step, last_train])
-            rate = n_window * opts.batch_size / max(time.time() - t_window, 1e-9)
-            bar.set_postfix(loss=f"{last_train:.4f}", val=f"{last_val:.4f}" if last_val else "-",
-                            blocks_s=f"{rate:.1f}")
-            window, t_window, n_window = torch.zeros((), device=device), time.time(), 0
-        bar.update(1)
-        if validator is not None and (step % opts.val_every == 0 or step == opts.steps):
-            last_val, val_x0w = validator(ema, sqrt_ab, sqrt_1mab, autocast, **loss_opts)
-            history["val"].append([step, last_val])
-            history["val_x0w"].append([step, val_x0w])
-        if opts.time_limit_min is not None and time.time() - t_start > 60.0 * opts.time_limit_min:
-            stopped_by_time = True
-            break
-        if (opts.cpu_time_limit_min is not None
-                and time.process_time() - cpu_start > 60.0 * opts.cpu_time_limit_min):
-            stopped_by_time = True
-            break
-        if step % opts.checkpoint_every == 0:
-            checkpoint(last_train, last_val)
+    try:
+        while step < opts.steps:
+            x0 = src.sample(opts.batch_size, gen, opts.random_fraction)
+            t = torch.randint(0, schedule.T, (opts.batch_size,), device=device, generator=gen)
+            noise = torch.randn(x0.shape, device=device, generator=gen)
+            with autocast():
+                loss = diffusion_loss(fwd, x0, t, noise, sqrt_ab, sqrt_1mab, **loss_opts)
+            optim.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optim)
+            else:
+                loss.backward()
+            if opts.grad_clip and opts.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
+            if scaler is not None:
+                scaler.step(optim)
+                scaler.update()
+            else:
+                optim.step()
+            ema_update(ema, model, ema_decay_at(step, opts.ema_decay))
+            step += 1
+            samples += opts.batch_size
+            window += loss.detach().float()   # summed on the device: no sync per step
+            n_window += 1
+            if step % opts.log_every == 0 or step == opts.steps:
+                last_train = float(window) / n_window
+                if not math.isfinite(last_train):
+                    raise GPEngineError(f"training loss became {last_train} near step {step}; lower --lr or use fp32")
+                history["train"].append([step, last_train])
+                rate = n_window * opts.batch_size / max(time.time() - t_window, 1e-9)
+                bar.set_postfix(loss=f"{last_train:.4f}", val=f"{last_val:.4f}" if last_val else "-",
+                                blocks_s=f"{rate:.1f}")
+                window, t_window, n_window = torch.zeros((), device=device), time.time(), 0
+            bar.update(1)
+            if validator is not None and (step % opts.val_every == 0 or step == opts.steps):
+                last_val, val_x0w = validator(ema, sqrt_ab, sqrt_1mab, autocast, **loss_opts)
+                history["val"].append([step, last_val])
+                history["val_x0w"].append([step, val_x0w])
+            if opts.time_limit_min is not None and time.time() - t_start > 60.0 * opts.time_limit_min:
+                stopped_by_time = True
+                break
+            if (opts.cpu_time_limit_min is not None
+                    and time.process_time() - cpu_start > 60.0 * opts.cpu_time_limit_min):
+                stopped_by_time = True
+                break
+            if stop.requested:
+                stopped_by_time = True
+                bar.write(f"train: stopping at step {step} ({stop.requested}); writing the checkpoint", file=sys.stderr)
+                break
+            if step % opts.checkpoint_every == 0:
+                checkpoint(last_train, last_val)
+    finally:
+        stop.uninstall()
     bar.close()
     if stopped_by_time and validator is not None and (not history["val"] or history["val"][-1][0] != step):
         last_val, val_x0w = validator(ema, sqrt_ab, sqrt_1mab, autocast, **loss_opts)
@@ -406,8 +416,42 @@ def train(opts: TrainOptions) -> dict:
         history["val_x0w"].append([step, val_x0w])
     checkpoint(last_train, last_val, final=True)
     meta = metadata(last_train, last_val)
-    meta["stopped_by_time_limit"] = stopped_by_time
+    meta["stopped_by_time_limit"] = stopped_by_time and not stop.requested
+    meta["stopped_by_signal"] = stop.requested
     return meta
+
+
+class StopRequest:
+    """SIGINT/SIGTERM handlers that ask the training loop to stop after the current step (the loop
+    then writes its checkpoint); a second signal raises KeyboardInterrupt as usual. Only installed in
+    the main thread (signal handlers cannot be set elsewhere)."""
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._old: dict = {}
+
+    def _handle(self, signum, frame):
+        import signal
+
+        if self.requested:  # second signal: stop now
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def install(self) -> "StopRequest":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def uninstall(self) -> None:
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
 
 
 def _device_name(device: torch.device) -> str:

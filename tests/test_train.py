@@ -136,3 +136,30 @@ def test_resume_finds_the_files_by_name_in_data(data_dir, tmp_path):
     (other / "crop_seed1019.npy").unlink()
     with pytest.raises(GPEngineError, match="lacks crop_seed1019.npy"):
         train(_opts(other, out, steps=4, resume=True))
+
+
+def test_ctrl_c_finishes_the_step_and_writes_the_checkpoint(data_dir, tmp_path, monkeypatch):
+    """SIGINT (or SIGTERM) during training: the step ends, the checkpoint is written, resume continues."""
+    import os
+    import signal
+
+    import gp_engine.train as tr
+
+    calls = {"n": 0}
+    real = tr.ema_update
+
+    def ema_then_signal(*a, **k):
+        real(*a, **k)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(tr, "ema_update", ema_then_signal)
+    out = tmp_path / "m.pt"
+    meta = train(_opts(data_dir, out, steps=10, checkpoint_every=100, val_every=100))
+    assert meta["stopped_by_signal"] == "SIGINT" and meta["steps"] == 3
+    assert load_checkpoint(out)["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # handlers restored
+    monkeypatch.setattr(tr, "ema_update", real)
+    meta = train(_opts(data_dir, out, steps=10, checkpoint_every=100, val_every=100, resume=True))
+    assert meta["steps"] == 10 and meta["stopped_by_signal"] is None
