@@ -397,8 +397,12 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
         seed = int(getattr(plan, "seed", 0) or 0)
         meta = {"plan_hash": plan_hash(plan), "seed": seed, "model": model_id(model_dir, manifest),
                 "shape": list(padded), "batch_size": B, "batches": len(batches)}
+        own_engine = engine is None
         if engine is None:  # before the canvas: a bad backend fails fast
-            engine = load_engine(model_dir, backend or getattr(plan, "backend", None) or "auto", B)
+            from .runtime import choose_backend
+
+            backend_name = choose_backend(model_dir, manifest, backend or getattr(plan, "backend", None) or "auto", B)
+            engine = load_engine(model_dir, backend_name, B)
         enc = manifest.get("encoding") or {}
         if resume:  # an interrupted forced run lives in canvas.new until it completes
             cdir = new_canvas if new_canvas.exists() else old_canvas
@@ -412,6 +416,12 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
         timing = sample_canvas(engine, blocks, batches, canvas, setup, seed, block, progress, stop_after,
                                shift_first=enc.get("kind", "paper") == "paper")
         timing.update(backend=engine.name, batch_size=B, blocks=len(blocks), batches=len(batches))
+        if own_engine and timing["batches_run"] and timing["seconds"] > 1.0:
+            from . import timing as speed  # so that `gp-engine plan` can say how long the next run takes
+
+            speed.record(backend_name, meta["model"], B,
+                         timing["batches_run"] * timing["evaluations_per_block"] / timing["seconds"],
+                         timing["block_evaluations_per_s"])
         raw = canvas.values[..., :shape[0], :shape[1], :shape[2]]
         if raw.size <= IN_RAM_VOXELS * channels:
             raw = np.ascontiguousarray(raw)

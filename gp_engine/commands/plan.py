@@ -22,6 +22,9 @@ def register(sub):
     p.add_argument("--batch-size", type=int, help="batch size to plan with (default: the plan's)")
     p.add_argument("--blocks", action="store_true",
                    help="also list every block: index, stage, corner, batch, new voxels, deps")
+    p.add_argument("--probe", action="store_true",
+                   help="time a few network calls on the plan's backend to estimate the run's time "
+                        "(without it: the speed of the last run of this model, backend and batch size here)")
     return p
 
 
@@ -101,6 +104,35 @@ def describe(plan, batch_size: int | None = None, list_blocks: bool = False) -> 
     return "\n".join(lines), {"blocks_list": blocks, "batch_list": batches, **figures}
 
 
+def time_estimate(plan, figures: dict, batch_size: int, probe: bool = False) -> str:
+    """One line: the run's expected time on this machine (a past run's speed, or a probe)."""
+    from pathlib import Path
+
+    from .. import timing
+    from ..generate import _channels, model_id
+    from ..runtime import choose_backend, load_engine, read_model
+
+    if plan.model is not None and Path(plan.model).suffix == ".pt":
+        return "time: unknown until the checkpoint is built (generate builds it into OUT/model/)"
+    model_dir, manifest = read_model(plan.model)
+    backend = choose_backend(model_dir, manifest, plan.backend, int(batch_size))
+    per_call = timing.pays_per_call(backend, manifest)
+    work = figures["network_calls"] if per_call else figures["block_evaluations"]
+    unit = "network calls" if per_call else "block-evaluations"
+    if probe:
+        calls = timing.probe(load_engine(model_dir, backend, int(batch_size)), _channels(manifest))
+        rate = calls if per_call else calls * int(batch_size)
+        return (f"time: at least {timing.human(work / rate)} on {backend} (probe: the network alone does "
+                f"{rate:,.2f} {unit}/s at batch {batch_size}; RePaint adds 10-25 % on the CPU)")
+    rec = timing.lookup(backend, model_id(model_dir, manifest), batch_size)
+    if rec:
+        rate = rec["network_calls_per_s" if per_call else "block_evaluations_per_s"]
+        return (f"time: about {timing.human(work / rate)} on {backend} ({rate:,.2f} {unit}/s measured here "
+                f"on {rec['date']} with this model and batch size)")
+    return (f"time: no run of this model on {backend} at batch {batch_size} on this machine yet; "
+            "add --probe for an estimate")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..errors import GPEngineError
     from ..plan_config import load_plan
@@ -120,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
     mem = ", ".join(f"{k} {_gib(v)}" for k, v in est["memory"].items())
     print(f"memory: about {_gib(est['memory_total'])} at most ({mem})")
     print(f"disk: about {_gib(est['disk'])} in {plan.outputs.dir} ({_gib(free)} free in {folder})")
+    print(time_estimate(plan, figures, args.batch_size or plan.batch_size, args.probe))
     if args.png:
         from ..plan_render import draw_plan
 
