@@ -83,7 +83,7 @@ def train_config(a, ckpt: Path) -> dict:
     opts = TrainOptions(
         data=[str(a.data)], out=str(ckpt), preset=a.preset, steps=10**9, batch_size=a.batch_size,
         device=a.device, lr=a.lr, ema_decay=a.ema_decay, target=a.target, weighting=a.weighting,
-        encoding=a.encoding, bits=a.bits,
+        encoding=a.encoding, bits=a.bits, aux_ce=a.aux_ce,
         crop=a.crop, seed=a.seed, threads=a.threads, resume=a.resume, force=not a.resume,
         val_every=a.val_every, checkpoint_every=250, progress=not a.quiet,
         cpu_time_limit_min=a.budget if a.device_kind == "cpu" else None,
@@ -186,6 +186,8 @@ def main(argv=None) -> int:
     p.add_argument("--config", required=True, help="row name; its run lives in bench/out/qpc/<config>/")
     p.add_argument("--target", default="eps", choices=["eps", "x0", "v"])
     p.add_argument("--weighting", default="uniform", choices=["uniform", "min-snr"])
+    p.add_argument("--aux-ce", type=float, default=0.0,
+                   help="analog bits: weight of the auxiliary cross-entropy on the predicted bits")
     p.add_argument("--preset", default="tiny", help="U-Net preset (tiny, mini, mini3, small, base)")
     p.add_argument("--crop", type=int, default=32, choices=[16, 32])
     p.add_argument("--encoding", default="separable", choices=["separable", "bits", "paper"])
@@ -277,6 +279,7 @@ def main(argv=None) -> int:
     config = {"name": a.config, "target": ck.get("prediction", "eps"), "weighting": obj.get("weighting", "uniform"),
               "preset": ck["config"].get("preset"), "channels": ck["config"]["channels"],
               "crop": obj.get("crop", 32), "encoding": ck["encoding"], "batch_size": meta.get("batch_size"),
+              "aux_ce": obj.get("aux_ce", 0.0),
               "lr": (meta.get("options") or {}).get("lr"), "parameters": meta.get("parameters")}
     budget_total = (meta.get("cpu_time_s", 0.0) if a.device_kind == "cpu" else meta.get("wall_time_s", 0.0)) / 60
     row = {**header("quality_per_compute", cuda=a.device_kind == "cuda"),

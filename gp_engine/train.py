@@ -50,6 +50,7 @@ class TrainOptions:
     loss: str = "mse"                  # mse | l1
     target: str = "eps"                # what the network predicts: eps | x0 | v
     weighting: str = "uniform"         # loss weighting over timesteps: uniform | min-snr
+    aux_ce: float = 0.0                # analog bits: weight of the cross-entropy on the predicted bits
     gamma: float = DEFAULT_GAMMA       # Min-SNR γ
     crop: int = 32                     # training crop side (the net is fully convolutional; inference: 32)
     ema_decay: float = 0.999
@@ -93,15 +94,24 @@ def pick_precision(name: str, device: torch.device) -> str:
     return name
 
 
+#: logit = AUX_CE_SCALE · x̂₀ for the bits' auxiliary cross-entropy (x̂₀ = ±1 ↦ p = 0.98 / 0.02)
+AUX_CE_SCALE = 4.0
+
+
 def diffusion_loss(model: torch.nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
                    sqrt_ab: torch.Tensor, sqrt_1mab: torch.Tensor, kind: str = "mse", target: str = "eps",
                    weighting: str = "uniform", gamma: float = DEFAULT_GAMMA,
-                   return_common: bool = False):
+                   return_common: bool = False, aux_ce: float = 0.0):
     """Loss at timesteps ``t``: x_t = √ᾱ x0 + √(1-ᾱ) ε, per-sample loss(model(x_t, t), target) × weight.
 
     ``return_common`` also returns a figure comparable across targets and weightings: the error of the
     implied x̂₀ weighted by min(SNR, 5), i.e. the Min-SNR-5 MSE (ε-MSE would be dominated by the
     lowest timesteps for an x₀ model, x₀-MSE by the highest for an ε model).
+
+    ``aux_ce`` > 0 (analog bits, x0 = ±1): adds ``aux_ce`` × the binary cross-entropy of the implied
+    x̂₀ (logit ``AUX_CE_SCALE``·x̂₀) against the bits, weighted by min(SNR, 5)/5 so that the noisiest
+    steps, whose x̂₀ is a guess, weigh little: an error now costs by the bit it flips, not only by
+    its distance.
     """
     a, s = sqrt_ab[t], sqrt_1mab[t]
     shape = (-1,) + (1,) * (x0.dim() - 1)
@@ -111,6 +121,14 @@ def diffusion_loss(model: torch.nn.Module, x0: torch.Tensor, t: torch.Tensor, no
     err = (pred - want).abs() if kind == "l1" else (pred - want) ** 2
     per_sample = err.flatten(1).mean(dim=1)
     loss = (per_sample * loss_weight(weighting, target, a, s, gamma)).mean()
+    if aux_ce:
+        from .parameterization import to_x0
+
+        x0_hat = to_x0(target, pred, xt, a, s).clamp(-3.0, 3.0)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(
+            AUX_CE_SCALE * x0_hat, (x0 > 0).float(), reduction="none").flatten(1).mean(dim=1)
+        snr_w = torch.clamp((a / s) ** 2, max=5.0) / 5.0
+        loss = loss + aux_ce * (bce * snr_w).mean()
     if not return_common:
         return loss
     mse = ((pred.detach() - want) ** 2).flatten(1).mean(dim=1)
@@ -256,10 +274,16 @@ def train(opts: TrainOptions) -> dict:
         target = check_target(resumed.get("prediction", "eps"))
         objective = resumed.get("objective") or {"loss": opts.loss, "weighting": "uniform",
                                                  "gamma": DEFAULT_GAMMA, "crop": 32}
+        objective.setdefault("aux_ce", 0.0)
     else:
         target = check_target(opts.target)
         objective = {"loss": opts.loss, "weighting": check_weighting(opts.weighting),
-                     "gamma": float(opts.gamma), "crop": int(opts.crop)}
+                     "gamma": float(opts.gamma), "crop": int(opts.crop), "aux_ce": float(opts.aux_ce)}
+        if opts.aux_ce and opts.encoding != "bits":
+            raise GPEngineError(f"--aux-ce {opts.aux_ce} needs --encoding bits (the cross-entropy is on the "
+                                "predicted bits); drop it or train an analog-bits model")
+        if opts.aux_ce < 0 or not math.isfinite(opts.aux_ce):
+            raise GPEngineError(f"--aux-ce {opts.aux_ce} must be a finite number ≥ 0")
         config = preset_config(opts.preset)
         schedule = linear_schedule(opts.T, opts.beta_start, opts.beta_end)
         schedule_d = schedule.to_dict()
@@ -279,6 +303,7 @@ def train(opts: TrainOptions) -> dict:
                                                             int(objective.get("crop", 32)))
     loss_opts = {"kind": objective["loss"], "target": target, "weighting": objective["weighting"],
                  "gamma": float(objective["gamma"])}
+    train_loss_opts = {**loss_opts, "aux_ce": float(objective.get("aux_ce") or 0.0)}
 
     torch.manual_seed(opts.seed)  # weight init
     model = build_unet(config).to(device)
@@ -361,7 +386,7 @@ def train(opts: TrainOptions) -> dict:
             t = torch.randint(0, schedule.T, (opts.batch_size,), device=device, generator=gen)
             noise = torch.randn(x0.shape, device=device, generator=gen)
             with autocast():
-                loss = diffusion_loss(fwd, x0, t, noise, sqrt_ab, sqrt_1mab, **loss_opts)
+                loss = diffusion_loss(fwd, x0, t, noise, sqrt_ab, sqrt_1mab, **train_loss_opts)
             optim.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()

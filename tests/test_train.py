@@ -163,3 +163,43 @@ def test_ctrl_c_finishes_the_step_and_writes_the_checkpoint(data_dir, tmp_path, 
     monkeypatch.setattr(tr, "ema_update", real)
     meta = train(_opts(data_dir, out, steps=10, checkpoint_every=100, val_every=100, resume=True))
     assert meta["steps"] == 10 and meta["stopped_by_signal"] is None
+
+
+def test_aux_ce_on_predicted_bits():
+    """The auxiliary cross-entropy: zero weight changes nothing; a correct x̂₀ costs less than a
+    flipped one (checked against torch's own BCE on a hand-made prediction)."""
+    from gp_engine.train import AUX_CE_SCALE, diffusion_loss
+
+    torch.manual_seed(0)
+    x0 = torch.where(torch.rand(2, 3, 4, 4, 4) > 0.5, 1.0, -1.0)
+    noise = torch.randn_like(x0)
+    sqrt_ab = torch.tensor([0.99, 0.5])
+    sqrt_1mab = torch.sqrt(1 - sqrt_ab ** 2)
+    t = torch.tensor([0, 1])
+
+    class Oracle(torch.nn.Module):  # predicts ε exactly, so x̂₀ = x0
+        def forward(self, x, tt):
+            return noise
+
+    class Flipper(torch.nn.Module):  # predicts the ε that makes x̂₀ = -x0
+        def forward(self, x, tt):
+            a = sqrt_ab[tt.long()].view(-1, 1, 1, 1, 1)
+            s = sqrt_1mab[tt.long()].view(-1, 1, 1, 1, 1)
+            return (x + a * x0) / s
+
+    base = diffusion_loss(Oracle(), x0, t, noise, sqrt_ab, sqrt_1mab)
+    assert float(base) == pytest.approx(0.0, abs=1e-10)
+    assert float(diffusion_loss(Oracle(), x0, t, noise, sqrt_ab, sqrt_1mab, aux_ce=0.0)) == float(base)
+    good = float(diffusion_loss(Oracle(), x0, t, noise, sqrt_ab, sqrt_1mab, aux_ce=1.0))
+    w = torch.clamp((sqrt_ab / sqrt_1mab) ** 2, max=5.0) / 5.0
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(AUX_CE_SCALE * x0, (x0 > 0).float(),
+                                                               reduction="none").flatten(1).mean(1)
+    assert good == pytest.approx(float((bce * w).mean()), rel=1e-5)
+    bad = diffusion_loss(Flipper(), x0, t, noise, sqrt_ab, sqrt_1mab, aux_ce=1.0)
+    plain = diffusion_loss(Flipper(), x0, t, noise, sqrt_ab, sqrt_1mab)
+    assert float(bad - plain) > 10 * good   # flipped bits cost far more than right ones
+
+
+def test_aux_ce_needs_bits(data_dir, tmp_path):
+    with pytest.raises(GPEngineError, match="--aux-ce .* needs --encoding bits"):
+        train(_opts(data_dir, tmp_path / "m.pt", aux_ce=0.5))

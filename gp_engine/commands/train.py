@@ -33,6 +33,8 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--weighting", default="uniform", choices=["uniform", "min-snr"],
                    help="loss weighting over timesteps (default uniform; min-snr = Min-SNR-γ)")
     p.add_argument("--gamma", type=float, default=5.0, help="γ of Min-SNR-γ (default 5)")
+    p.add_argument("--aux-ce", type=float, default=0.0,
+                   help="analog bits: weight of an auxiliary cross-entropy on the predicted bits (default 0)")
     p.add_argument("--crop", type=int, default=32, choices=[16, 32],
                    help="training crop side (default 32; the sampler always runs 32³ blocks)")
     p.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay (default 0.999)")
@@ -67,7 +69,7 @@ def run(args) -> int:
     opts = TrainOptions(
         data=args.data or [], out=args.out, preset=args.preset, steps=args.steps, batch_size=args.batch_size,
         encoding=args.encoding, levels=args.levels, bits=args.bits, device=args.device, precision=args.precision,
-        lr=args.lr, loss=args.loss, target=args.target, weighting=args.weighting, gamma=args.gamma,
+        lr=args.lr, loss=args.loss, target=args.target, weighting=args.weighting, gamma=args.gamma, aux_ce=args.aux_ce,
         crop=args.crop, cpu_time_limit_min=args.cpu_time_limit_min, ema_decay=args.ema_decay, T=args.T, val_pattern=args.val_pattern,
         val_every=args.val_every, val_blocks=args.val_blocks, checkpoint_every=args.checkpoint_every,
         time_limit_min=args.time_limit_min, seed=args.seed, threads=args.threads, compile=args.compile,
