@@ -263,8 +263,16 @@ def main(argv=None) -> int:
             resume = (out / "canvas").is_dir()
             res = generate(plan, out_dir=out, resume=resume, force=not resume, progress=not a.quiet)
             gen_s += float(res["timing"]["seconds"])
-        grains.append(np.load(out / "grains.npy"))
         fields.append(np.load(out / "field.npy", mmap_mode="r"))
+        # segment here with today's `auto` settings: a reused volume's grains.npy may come from an
+        # older default, and the row must carry the segmentation it names
+        from gp_engine.encoding import bits_display
+        from gp_engine.generate import segment_field
+
+        enc_ = ck.get("encoding") or {}
+        f = np.asarray(fields[-1])
+        grains.append(segment_field(bits_display(f) if f.ndim == 4 else f, None, levels=enc_.get("levels"),
+                                    encoding_kind=enc_.get("kind")))
 
     refs = [read_volume(q) for q in refs_paths]
     summary = summarize(grains, refs)
