@@ -378,7 +378,7 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
     from .geometry import part_mask
 
     padded = canvas_shape(shape, 32, periodic)  # thin boxes are planned on a canvas padded to one block
-    mask = part_mask(plan, padded)    # a CAD part: voxelized (and a broken mesh refused) before any work
+    mask, part = part_mask(plan, padded)  # a CAD part: voxelized (and a broken mesh refused) before any work
 
     # 3. the folder is ours from here on: marked and locked for the whole run
     run_dir.claim(out, getattr(plan, "source", None))
@@ -446,7 +446,7 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
             stats["part"] = {"stl": str(geo.stl), "pitch": geo.pitch, "voxels_inside": int(inside.sum()),
                              "fill": float(inside.mean()), "blocks": len(blocks),
                              "blocks_full_box": len(plan_blocks(getattr(plan, "plan_kind", "grid"), shape, block)),
-                             "repairs": list(geo.part().repairs) if geo.stl else []}
+                             "repairs": list(part.repairs)}
         staging = run_dir.new_staging(out)
         written = write_results(staging, field, grain_ids, formats, stats,
                                 raw_field=raw if channels > 1 else None, mask=inside,

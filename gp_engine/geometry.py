@@ -236,18 +236,20 @@ def voxelize(part: Part, where: str = "geometry") -> np.ndarray:
     return mask
 
 
-def part_mask(plan, canvas: tuple[int, int, int] | None = None) -> np.ndarray | None:
-    """The part mask of a plan's ``stl`` geometry on its (padded) canvas, None for a box plan."""
+def part_mask(plan, canvas: tuple[int, int, int] | None = None):
+    """(mask on the (padded) canvas, :class:`Part`) of a plan's ``stl`` geometry; (None, None) for a box.
+    The mesh is read and repaired once: callers take its repairs from the returned part."""
     geo = plan.geometry
     if getattr(geo, "stl", None) is None:
-        return None
+        return None, None
     where = str(getattr(plan, "source", None) or "plan") + ": geometry"
-    mask = voxelize(geo.part(where), where)
+    part = geo.part(where)
+    mask = voxelize(part, where)
     if canvas is not None and tuple(canvas) != mask.shape:  # thin parts: canvas padded to one block
         padded = np.zeros(tuple(canvas), bool)
         padded[:mask.shape[0], :mask.shape[1], :mask.shape[2]] = mask
         mask = padded
-    return mask
+    return mask, part
 
 
 def surface_voxels(mask: np.ndarray) -> np.ndarray:

@@ -41,7 +41,7 @@ def describe(plan, batch_size: int | None = None, list_blocks: bool = False) -> 
     shape = plan.geometry.shape
     periodic = plan.geometry.periodic
     canvas = canvas_shape(shape, BLOCK, periodic)
-    mask = part_mask(plan, canvas)
+    mask, part = part_mask(plan, canvas)
     full = plan_blocks(plan.plan_kind, shape, BLOCK, periodic=periodic)
     blocks = full if mask is None else plan_blocks(plan.plan_kind, shape, BLOCK, mask)
     plain = len(plan_blocks(plan.plan_kind, shape, BLOCK)) if any(periodic) else None
@@ -64,7 +64,6 @@ def describe(plan, batch_size: int | None = None, list_blocks: bool = False) -> 
     part_lines = []
     if mask is not None:
         g = plan.geometry
-        part = g.part()
         part_lines = [
             f"part: {g.stl} at pitch {g.pitch:.6g} units/voxel, rotation {list(g.rotation)}: "
             f"{int(mask.sum()):,} voxels inside ({mask.mean():.1%} of the box)"
