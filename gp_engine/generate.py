@@ -115,9 +115,11 @@ def sampler_params(sampler) -> SimpleNamespace:
     resample = get("resample", None)
     if resample is None:
         resample = get("r", 0)
+    eta = get("eta", None)
     return SimpleNamespace(steps=int(get("steps")), resample=int(resample),
                            jump=int(get("jump", 1) or 1), tail=int(get("tail", 0) or 0),
-                           clip_x0=bool(get("clip_x0", True)))
+                           clip_x0=bool(get("clip_x0", True)), eta=1.0 if eta is None else float(eta),
+                           preset=get("preset", None))
 
 
 def _as_dict(obj):
@@ -389,7 +391,12 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
         channels = _channels(manifest)
         preflight.check(plan, None, B, channels, (manifest.get("unet") or {}).get("channels"), where)
         sp = sampler_params(plan.sampler)
-        setup = repaint.make_setup(Schedule.from_dict(manifest["schedule"]), sp, clip_x0=sp.clip_x0)
+        from .conditional import check_sampler_fits, model_kind
+
+        kind = model_kind(manifest)
+        check_sampler_fits(kind, sp.preset or "paper", sp.resample, where)
+        setup = repaint.make_setup(Schedule.from_dict(manifest["schedule"]), sp, clip_x0=sp.clip_x0,
+                                   conditional=kind == "conditional")
         if block != 32:
             raise GPEngineError(f"{model_dir}: block_size {block} is not supported (only 32)")
         blocks = plan_blocks(getattr(plan, "plan_kind", "grid"), shape, block, mask, periodic)

@@ -125,8 +125,8 @@ class EpsAdapter(nn.Module):
     def config(self) -> dict:
         return self.net.config
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        pred = self.net(x, t)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        pred = self.net(x, t) if cond is None else self.net(x, t, cond)
         if self.target == "eps":
             return pred
         idx = t.round().long().clamp(0, self.sqrt_ab.shape[0] - 1)

@@ -30,9 +30,13 @@ PLAN_VERSION = 1
 #: ``resample`` = r (re-noise/denoise repeats per jump point), ``jump`` = jump length,
 #: ``tail`` = last steps without resampling. ``paper`` is GrainPaint as published (T = 250, r = 10,
 #: jump 1, no resampling in the last 25 steps: 2490 network evaluations per block).
-SAMPLER_PRESETS: dict[str, dict[str, int]] = {
-    "paper": {"steps": 250, "resample": 10, "jump": 1, "tail": 25},
-    "fast": {"steps": 50, "resample": 2, "jump": 1, "tail": 5},
+#: ``conditional`` is for conditional (outpainting) models (:mod:`gp_engine.conditional`): the network
+#: sees the known voxels, so the walk is a plain strided chain, ``steps`` evaluations per block,
+#: DDPM (``eta`` 1) to DDIM (``eta`` 0) steps.
+SAMPLER_PRESETS: dict[str, dict[str, float]] = {
+    "paper": {"steps": 250, "resample": 10, "jump": 1, "tail": 25, "eta": 1.0},
+    "fast": {"steps": 50, "resample": 2, "jump": 1, "tail": 5, "eta": 1.0},
+    "conditional": {"steps": 50, "resample": 0, "jump": 1, "tail": 0, "eta": 1.0},
 }
 
 PLAN_KINDS = ("grid", "center")
@@ -107,6 +111,7 @@ class SamplerConfig:
     jump: int
     tail: int
     clip_x0: bool = True
+    eta: float = 1.0   # 1 = DDPM posterior steps (RePaint needs it), 0 = deterministic DDIM
 
     @property
     def no_resample_tail(self) -> int:
@@ -174,6 +179,7 @@ class PlanConfig:
                 "jump": self.sampler.jump,
                 "no_resample_tail": self.sampler.tail,
                 "clip_x0": self.sampler.clip_x0,
+                "eta": self.sampler.eta,
             },
             "plan": {"kind": self.plan_kind},
             "batch_size": self.batch_size,
@@ -336,7 +342,8 @@ def _geometry(where: str, value: Any, base: Path) -> GeometryConfig:
 def _sampler(where: str, value: Any) -> SamplerConfig:
     example = '"sampler": {"preset": "paper", "resample": 10}'
     obj = _as_object(where, "sampler", value, example)
-    _check_keys(where, "sampler", obj, ("preset", "steps", "resample", "jump", "no_resample_tail", "clip_x0"))
+    _check_keys(where, "sampler", obj, ("preset", "steps", "resample", "jump", "no_resample_tail", "clip_x0",
+                                        "eta"))
     preset = _as_choice(where, "sampler.preset", obj.get("preset", "paper"),
                         tuple(SAMPLER_PRESETS), '"sampler": {"preset": "fast"}')
     s = dict(SAMPLER_PRESETS[preset])
@@ -366,7 +373,17 @@ def _sampler(where: str, value: Any) -> SamplerConfig:
     clip = obj.get("clip_x0", True)
     if not isinstance(clip, bool):
         raise _bad(where, "sampler.clip_x0", clip, "must be true or false", '"sampler": {"clip_x0": true}')
-    return SamplerConfig(preset, s["steps"], s["resample"], s["jump"], s["tail"], clip)
+    eta = obj.get("eta", s["eta"])
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= float(eta) <= 1.0:
+        raise _bad(where, "sampler.eta", eta, "must be a number from 0 (DDIM) to 1 (DDPM)", '"sampler": {"eta": 1.0}')
+    if preset == "conditional" and s["resample"]:
+        raise _bad(where, "sampler.resample", s["resample"], "must be 0 with the conditional preset (the model sees "
+                   "the known voxels; nothing to resample)", '"sampler": {"preset": "conditional", "steps": 50}')
+    if preset != "conditional" and float(eta) != 1.0 and s["resample"]:
+        raise _bad(where, "sampler.eta", eta, "must be 1 when RePaint resamples (its re-noising assumes DDPM steps)",
+                   '"sampler": {"eta": 1.0}')
+    return SamplerConfig(preset, int(s["steps"]), int(s["resample"]), int(s["jump"]), int(s["tail"]), clip,
+                         float(eta))
 
 
 def _segmentation(where: str, value: Any) -> SegmentationConfig:

@@ -60,21 +60,33 @@ class RespacedSchedule:
     def alphas(self) -> np.ndarray:
         return 1.0 - self.betas
 
-    def coefficients(self) -> dict[str, np.ndarray]:
+    def coefficients(self, eta: float = 1.0) -> dict[str, np.ndarray]:
         """Per-index float64 coefficients used by every backend (same numbers on CPU and GPU).
 
-        sqrt_ab, sqrt_1mab: q(x_i|x_0) scale and noise; c_x0, c_xt, sigma: DDPM posterior
-        q(x_{i-1}|x_i, x_0) = N(c_x0·x̂_0 + c_xt·x_i, σ²) with the "fixed small" (posterior) variance,
-        σ = 0 at i = 0; sqrt_a, sqrt_1ma: one forward step x_i = √α_i·x_{i-1} + √(1-α_i)·z.
+        sqrt_ab, sqrt_1mab: q(x_i|x_0) scale and noise; c_x0, c_xt, sigma: one reverse step
+        x_{i-1} = c_x0·x̂_0 + c_xt·x_i + σ·z. ``eta`` = 1 is the DDPM posterior q(x_{i-1}|x_i, x_0)
+        with the "fixed small" variance (what RePaint needs); general η is DDIM (Song et al. 2021):
+        σ = η·√((1-ᾱ_prev)/(1-ᾱ))·√(1-ᾱ/ᾱ_prev), x_{i-1} = √ᾱ_prev·x̂_0 + √(1-ᾱ_prev-σ²)·ε̂ + σ·z,
+        so η = 0 is deterministic. σ = 0 at i = 0. sqrt_a, sqrt_1ma: one forward step
+        x_i = √α_i·x_{i-1} + √(1-α_i)·z.
         """
         ab, ab_prev, beta = self.alphas_cumprod, self.alphas_cumprod_prev, self.betas
         alpha = 1.0 - beta
-        var = beta * (1.0 - ab_prev) / (1.0 - ab)
+        if not 0.0 <= float(eta) <= 1.0:
+            raise GPEngineError(f"sampler.eta = {eta} must be between 0 (DDIM) and 1 (DDPM)")
+        if float(eta) == 1.0:  # the DDPM posterior, in its usual closed form
+            var = beta * (1.0 - ab_prev) / (1.0 - ab)
+            c_x0 = beta * np.sqrt(ab_prev) / (1.0 - ab)
+            c_xt = (1.0 - ab_prev) * np.sqrt(alpha) / (1.0 - ab)
+        else:
+            var = float(eta) ** 2 * (1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev)
+            c_xt = np.sqrt(np.maximum(1.0 - ab_prev - var, 0.0)) / np.sqrt(1.0 - ab)
+            c_x0 = np.sqrt(ab_prev) - c_xt * np.sqrt(ab)
         return {
             "sqrt_ab": np.sqrt(ab),
             "sqrt_1mab": np.sqrt(1.0 - ab),
-            "c_x0": beta * np.sqrt(ab_prev) / (1.0 - ab),
-            "c_xt": (1.0 - ab_prev) * np.sqrt(alpha) / (1.0 - ab),
+            "c_x0": c_x0,
+            "c_xt": c_xt,
             "sigma": np.sqrt(np.maximum(var, 0.0)),
             "sqrt_a": np.sqrt(alpha),
             "sqrt_1ma": np.sqrt(1.0 - alpha),
@@ -177,26 +189,41 @@ class EpsModel(Protocol):
     batch_size: int
     name: str
 
-    def predict_eps(self, x: np.ndarray, t: np.ndarray) -> np.ndarray: ...
+    def predict_eps(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
 class SamplerSetup:
-    """Everything a backend needs to run one batch: coefficient tables + the walk + options."""
+    """Everything a backend needs to run one batch: coefficient tables + the walk + options.
+
+    ``conditional``: the network also takes the condition (known values and mask,
+    :func:`gp_engine.conditional.make_cond`), built once per batch; the walk then has no resampling.
+    ``eta``: 1 = DDPM posterior steps (RePaint), 0 = deterministic DDIM (see ``coefficients``).
+    """
 
     respaced: RespacedSchedule
     transitions: np.ndarray
     clip_x0: bool = False  # clip x̂_0 to [-1, 1] (optional: the encoded fields live in [-1, 1])
+    conditional: bool = False
+    eta: float = 1.0
 
     @property
     def evaluations(self) -> int:
         return int(np.sum(self.transitions[:, 1] < self.transitions[:, 0]))
 
+    def coefficients(self) -> dict[str, np.ndarray]:
+        return self.respaced.coefficients(self.eta)
 
-def make_setup(schedule: Schedule, sampler, clip_x0: bool = False) -> SamplerSetup:
-    """Respace the model schedule and build the walk for a plan's sampler settings."""
+
+def make_setup(schedule: Schedule, sampler, clip_x0: bool = False, conditional: bool = False) -> SamplerSetup:
+    """Respace the model schedule and build the walk for a plan's sampler settings (``sampler.eta``,
+    if present, picks DDPM (1) … DDIM (0) steps)."""
     rs = respace(schedule, int(sampler.steps))
-    return SamplerSetup(rs, schedule_from_sampler(sampler, schedule.T), clip_x0)
+    eta = float(getattr(sampler, "eta", 1.0) if getattr(sampler, "eta", None) is not None else 1.0)
+    rs.coefficients(eta)  # validates η once, here
+    if conditional and int(sampler.resample):
+        raise GPEngineError(f"sampler.resample = {sampler.resample}: a conditional model never resamples; use 0")
+    return SamplerSetup(rs, schedule_from_sampler(sampler, schedule.T), clip_x0, bool(conditional), eta)
 
 
 def initial_noise(block_ids: np.ndarray, seed: int, n: int) -> np.ndarray:
@@ -226,14 +253,20 @@ def sample_batch(engine: EpsModel, x0: np.ndarray, mask: np.ndarray, block_ids: 
     x0f = np.ascontiguousarray(x0, np.float32).reshape(b, n)
     mf = np.ascontiguousarray(mask, np.uint8).reshape(b, n)
     idf = ids
-    c = setup.respaced.coefficients()
+    c = setup.coefficients()
     x = initial_noise(idf, seed, n)
     t_in = np.empty(B, np.float32)
+    cond = None
+    if setup.conditional:  # the known values and mask, fixed for the whole walk
+        from .conditional import make_cond
+
+        cond = make_cond(x0, mask)
     for k, (i, j) in enumerate(setup.transitions):
         if j < i:  # reverse step: mix known voxels, predict ε, posterior sample
             mixing.mix_known(x, x0f, mf, c["sqrt_ab"][i], c["sqrt_1mab"][i], idf, seed, k, STREAM_MIX)
             t_in[:] = c["t_model"][i]
-            eps = engine.predict_eps(x.reshape((B,) + shape[1:]), t_in)
+            xin = x.reshape((B,) + shape[1:])
+            eps = engine.predict_eps(xin, t_in) if cond is None else engine.predict_eps(xin, t_in, cond)
             eps = np.ascontiguousarray(eps, dtype=np.float32).reshape(B, n)
             check_finite(eps[:b], ids, k, engine)
             mixing.posterior_step(x, eps, c["sqrt_ab"][i], c["sqrt_1mab"][i], c["c_x0"][i],

@@ -72,6 +72,8 @@ class TrainOptions:
     compile: bool = False
     threads: int | None = None
     progress: bool = True
+    conditional: bool = False          # outpainting model: known values + mask as extra input channels
+    init_from: str | None = None       # start from this checkpoint's EMA weights (widened if conditional)
 
 
 def pick_device(name: str) -> torch.device:
@@ -101,7 +103,7 @@ AUX_CE_SCALE = 4.0
 def diffusion_loss(model: torch.nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
                    sqrt_ab: torch.Tensor, sqrt_1mab: torch.Tensor, kind: str = "mse", target: str = "eps",
                    weighting: str = "uniform", gamma: float = DEFAULT_GAMMA,
-                   return_common: bool = False, aux_ce: float = 0.0):
+                   return_common: bool = False, aux_ce: float = 0.0, known: torch.Tensor | None = None):
     """Loss at timesteps ``t``: x_t = √ᾱ x0 + √(1-ᾱ) ε, per-sample loss(model(x_t, t), target) × weight.
 
     ``return_common`` also returns a figure comparable across targets and weightings: the error of the
@@ -112,26 +114,43 @@ def diffusion_loss(model: torch.nn.Module, x0: torch.Tensor, t: torch.Tensor, no
     x̂₀ (logit ``AUX_CE_SCALE``·x̂₀) against the bits, weighted by min(SNR, 5)/5 so that the noisiest
     steps, whose x̂₀ is a guess, weigh little: an error now costs by the bit it flips, not only by
     its distance.
+
+    ``known`` [B, 1, ...] (1 = known voxel; conditional models, :mod:`gp_engine.conditional`): the
+    network also gets the condition (known values and mask) and every loss is averaged over the
+    unknown voxels only.
     """
     a, s = sqrt_ab[t], sqrt_1mab[t]
     shape = (-1,) + (1,) * (x0.dim() - 1)
     xt = a.view(shape) * x0 + s.view(shape) * noise
-    pred = model(xt, t.float()).float()
+    if known is None:
+        pred = model(xt, t.float()).float()
+        unknown = None
+    else:
+        from .conditional import make_cond_torch
+
+        pred = model(xt, t.float(), make_cond_torch(x0, known)).float()
+        unknown = (1.0 - known[:, :1].float()).expand_as(pred)
+
+    def per_sample_mean(e: torch.Tensor) -> torch.Tensor:
+        if unknown is None:
+            return e.flatten(1).mean(dim=1)
+        return (e * unknown).flatten(1).sum(dim=1) / unknown.flatten(1).sum(dim=1).clamp_min(1.0)
+
     want = training_target(target, x0, noise, a, s)
     err = (pred - want).abs() if kind == "l1" else (pred - want) ** 2
-    per_sample = err.flatten(1).mean(dim=1)
+    per_sample = per_sample_mean(err)
     loss = (per_sample * loss_weight(weighting, target, a, s, gamma)).mean()
     if aux_ce:
         from .parameterization import to_x0
 
         x0_hat = to_x0(target, pred, xt, a, s).clamp(-3.0, 3.0)
-        bce = torch.nn.functional.binary_cross_entropy_with_logits(
-            AUX_CE_SCALE * x0_hat, (x0 > 0).float(), reduction="none").flatten(1).mean(dim=1)
+        bce = per_sample_mean(torch.nn.functional.binary_cross_entropy_with_logits(
+            AUX_CE_SCALE * x0_hat, (x0 > 0).float(), reduction="none"))
         snr_w = torch.clamp((a / s) ** 2, max=5.0) / 5.0
         loss = loss + aux_ce * (bce * snr_w).mean()
     if not return_common:
         return loss
-    mse = ((pred.detach() - want) ** 2).flatten(1).mean(dim=1)
+    mse = per_sample_mean((pred.detach() - want) ** 2)
     return loss, (mse * loss_weight("min-snr", target, a, s, 5.0)).mean()
 
 
@@ -184,12 +203,14 @@ def loss_curve_path(out: str | os.PathLike) -> Path:
 class _Validator:
     """Loss of a model on fixed held-out blocks, fixed noise and fixed timesteps."""
 
-    def __init__(self, source: BlockSource, n_blocks: int, T: int, seed: int, batch: int):
+    def __init__(self, source: BlockSource, n_blocks: int, T: int, seed: int, batch: int,
+                 masks: "MaskSampler | None" = None):
         g = torch.Generator(device=source.device).manual_seed(seed + 7919)
         self.x0 = source.tiling_blocks(g, limit=n_blocks)
         n = self.x0.shape[0]
         self.t = torch.randint(0, T, (n,), device=source.device, generator=g)
         self.noise = torch.randn(self.x0.shape, device=source.device, generator=g)
+        self.known = masks.draw(n, g) if masks is not None else None
         self.batch = batch
 
     @torch.no_grad()
@@ -200,10 +221,47 @@ class _Validator:
             sl = slice(i, i + self.batch)
             with autocast():
                 loss, common = diffusion_loss(model, self.x0[sl], self.t[sl], self.noise[sl], sqrt_ab,
-                                              sqrt_1mab, return_common=True, **loss_opts)
+                                              sqrt_1mab, return_common=True,
+                                              known=None if self.known is None else self.known[sl],
+                                              **loss_opts)
             total += float(loss) * self.x0[sl].shape[0]
             total_eps += float(common) * self.x0[sl].shape[0]
         return total / n, total_eps / n
+
+
+class MaskSampler:
+    """Known-voxel masks for conditional training, shaped like the planner's real ones
+    (:mod:`gp_engine.outpaint_masks`: faces, edges, corners, several at once, the empty mask of first
+    blocks), drawn reproducibly from the trainer's torch generator (so ``--resume`` continues exactly)."""
+
+    def __init__(self, device: torch.device, block: int = 32):
+        from .outpaint_masks import mask_bank
+
+        self.bank = mask_bank(block=block)
+        self.device = device
+
+    def draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """[n, 1, s, s, s] float32 masks (1 = known)."""
+        import numpy as np
+
+        from .outpaint_masks import sample_masks
+
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device))
+        m = sample_masks(self.bank, n, np.random.default_rng(seed))
+        return torch.from_numpy(m[:, None].astype(np.float32)).to(self.device)
+
+
+def _init_weights(path: str, config: dict) -> tuple[dict, dict]:
+    """(EMA weights for ``config``, checkpoint) from ``--init-from``: same U-Net, encoding and schedule;
+    an unconditional checkpoint is widened for a conditional config (a conditional one stays conditional)."""
+    from .conditional import widen_state_dict
+
+    base = load_checkpoint(path)
+    bcfg = dict(base["config"])
+    state = base["ema"]
+    if int(bcfg.get("cond_channels", 0) or 0) != int(config.get("cond_channels", 0) or 0):
+        state = widen_state_dict(state, config)  # unconditional parent, --conditional run
+    return state, base
 
 
 def _load_sources(opts: TrainOptions, device: torch.device, encoding: dict, resumed: dict | None, crop: int):
@@ -299,8 +357,30 @@ def train(opts: TrainOptions) -> dict:
         elif opts.encoding != "paper":
             raise GPEngineError(f"--encoding {opts.encoding!r} is unknown; use separable, bits or paper")
 
+    init_state, init_base = None, None
+    if resumed is None and opts.init_from:
+        base = load_checkpoint(opts.init_from)
+        config, schedule_d, encoding = dict(base["config"]), base["schedule"], base["encoding"]
+        schedule = Schedule.from_dict(schedule_d)
+        target = check_target(base.get("prediction", "eps"))
+        objective = {**(base.get("objective") or {}), "crop": 32,
+                     "aux_ce": float((base.get("objective") or {}).get("aux_ce") or 0.0)}
+        objective.setdefault("loss", opts.loss)
+        objective.setdefault("weighting", "uniform")
+        objective.setdefault("gamma", DEFAULT_GAMMA)
+    if resumed is None and opts.conditional:
+        from .conditional import cond_channels
+
+        if int(objective.get("crop", 32)) != 32:
+            raise GPEngineError("--conditional trains on 32³ blocks (the planner's masks are 32³); drop --crop")
+        config = {**config, "cond_channels": cond_channels(int(config.get("in_channels", 1)))}
+    if resumed is None and opts.init_from:
+        init_state, init_base = _init_weights(opts.init_from, config)
+    conditional = int(config.get("cond_channels", 0) or 0) > 0
+    objective["known_mask_loss"] = "unknown voxels only" if conditional else None
     train_files, val_files, src, val_src = _load_sources(opts, device, encoding, resumed,
                                                             int(objective.get("crop", 32)))
+    masks = MaskSampler(device) if conditional else None
     loss_opts = {"kind": objective["loss"], "target": target, "weighting": objective["weighting"],
                  "gamma": float(objective["gamma"])}
     train_loss_opts = {**loss_opts, "aux_ce": float(objective.get("aux_ce") or 0.0)}
@@ -313,6 +393,17 @@ def train(opts: TrainOptions) -> dict:
     gen = torch.Generator(device=device).manual_seed(opts.seed)
     step, samples, wall_before, cpu_before = 0, 0, 0.0, 0.0
     history: dict = {"train": [], "val": [], "val_x0w": []}
+    init_from = None
+    if init_state is not None:  # a new run warm-started from another checkpoint's EMA weights
+        model.load_state_dict(init_state)
+        ema.load_state_dict(init_state)
+        bmeta = init_base.get("training") or {}
+        init_from = {"path": str(opts.init_from), "step": int(init_base.get("step", 0)),
+                     "samples_seen": int(bmeta.get("samples_seen", 0)),
+                     "cpu_time_s": float(bmeta.get("cpu_time_s", bmeta.get("wall_time_s", 0.0)) or 0.0),
+                     "wall_time_s": float(bmeta.get("wall_time_s", 0.0) or 0.0),
+                     "device": bmeta.get("device"),
+                     "conditional": int(init_base["config"].get("cond_channels", 0) or 0) > 0}
     if resumed is not None:
         model.load_state_dict(resumed["model"])
         ema.load_state_dict(resumed["ema"])
@@ -325,6 +416,7 @@ def train(opts: TrainOptions) -> dict:
         samples, wall_before = int(meta["samples_seen"]), float(meta["wall_time_s"])
         cpu_before = float(meta.get("cpu_time_s", meta["wall_time_s"]))
         history = {**history, **(meta.get("history") or {})}
+        init_from = meta.get("init_from")
 
     ab = torch.tensor(schedule.alphas_cumprod, dtype=torch.float32, device=device)
     sqrt_ab, sqrt_1mab = ab.sqrt(), (1.0 - ab).sqrt()
@@ -336,7 +428,8 @@ def train(opts: TrainOptions) -> dict:
         return torch.autocast(device.type, dtype=amp_dtype)
 
     fwd = torch.compile(model) if (opts.compile and device.type == "cuda") else model
-    validator = _Validator(val_src, opts.val_blocks, schedule.T, opts.seed, opts.batch_size) if val_src else None
+    validator = (_Validator(val_src, opts.val_blocks, schedule.T, opts.seed, opts.batch_size, masks)
+                 if val_src else None)
     run_opts = {k: v for k, v in asdict(opts).items() if k not in ("resume", "force", "progress")}
 
     def metadata(last_train: float | None, last_val: float | None) -> dict:
@@ -349,6 +442,8 @@ def train(opts: TrainOptions) -> dict:
             "final_val_x0w": history["val_x0w"][-1][1] if history["val_x0w"] else None,
             "parameters": count_parameters(model), "colour_conflicts": src.conflicts,
             "history": history, "options": run_opts, "torch": str(torch.__version__),
+            # warm start: the compute of the checkpoint this run started from (total = it + this run)
+            "init_from": init_from,
         }
 
     last_plot = [time.time()]
@@ -363,7 +458,8 @@ def train(opts: TrainOptions) -> dict:
             "training": metadata(last_train, last_val),
         })
         if final or time.time() - last_plot[0] > 120:  # plotting costs ~1 s: not at every checkpoint
-            plot_loss_curve(history, loss_curve_path(out), f"{config.get('preset')} {encoding['kind']} "
+            plot_loss_curve(history, loss_curve_path(out), f"{'conditional ' if conditional else ''}"
+                                                             f"{config.get('preset')} {encoding['kind']} "
                                                              f"{target} {step} steps, {samples} blocks")
             last_plot[0] = time.time()
 
@@ -385,8 +481,9 @@ def train(opts: TrainOptions) -> dict:
             x0 = src.sample(opts.batch_size, gen, opts.random_fraction)
             t = torch.randint(0, schedule.T, (opts.batch_size,), device=device, generator=gen)
             noise = torch.randn(x0.shape, device=device, generator=gen)
+            known = masks.draw(opts.batch_size, gen) if masks is not None else None
             with autocast():
-                loss = diffusion_loss(fwd, x0, t, noise, sqrt_ab, sqrt_1mab, **train_loss_opts)
+                loss = diffusion_loss(fwd, x0, t, noise, sqrt_ab, sqrt_1mab, known=known, **train_loss_opts)
             optim.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()

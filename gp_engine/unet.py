@@ -7,7 +7,11 @@ Only standard ONNX ops are produced on export.
 
 The model is fully described by a JSON-able config dict (stored in checkpoints and manifests)::
 
-    {"channels": [8, 16], "in_channels": 1, "out_channels": 1, "time_dim": 32}
+    {"channels": [8, 16], "in_channels": 1, "out_channels": 1, "time_dim": 32, "cond_channels": 0}
+
+A *conditional* (outpainting) model has ``cond_channels`` > 0: ``forward(x, t, cond)`` concatenates
+``cond`` [B, cond_channels, D, H, W] (the known values, zero where unknown, and the known mask; see
+:mod:`gp_engine.conditional`) to the noisy block before the first convolution.
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ def normalize_config(config: dict) -> dict:
     if cfg["time_dim"] % 2:
         raise GPEngineError(f"U-Net config 'time_dim' must be even, got {cfg['time_dim']}")
     cfg.setdefault("preset", None)
+    cond = cfg.setdefault("cond_channels", 0)
+    if not (isinstance(cond, int) and cond >= 0):
+        raise GPEngineError(f"U-Net config 'cond_channels' must be an integer >= 0, got {cond!r}")
     return cfg
 
 
@@ -99,9 +106,10 @@ class ResBlock(nn.Module):
 
 
 class UNet3D(nn.Module):
-    """forward(x [B, 1, D, H, W], t [B] float timestep indices) -> ε [B, 1, D, H, W].
+    """forward(x [B, C, D, H, W], t [B] float timestep indices[, cond]) -> ε [B, C, D, H, W].
 
-    D, H, W must be divisible by 2**(levels-1).
+    D, H, W must be divisible by 2**(levels-1); ``cond`` is required exactly when the config has
+    ``cond_channels`` > 0.
     """
 
     def __init__(self, config: dict):
@@ -110,7 +118,8 @@ class UNet3D(nn.Module):
         self.config = cfg
         ch, td = cfg["channels"], cfg["time_dim"]
         self.time_embed = TimeEmbedding(td)
-        self.stem = nn.Conv3d(cfg["in_channels"], ch[0], 3, padding=1)
+        self.cond_channels = int(cfg["cond_channels"])
+        self.stem = nn.Conv3d(cfg["in_channels"] + self.cond_channels, ch[0], 3, padding=1)
         self.down_blocks = nn.ModuleList()
         self.downsamples = nn.ModuleList()
         prev = ch[0]
@@ -130,8 +139,14 @@ class UNet3D(nn.Module):
         self.out_conv = nn.Conv3d(ch[0], cfg["out_channels"], 3, padding=1)
         self.act = nn.SiLU()
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         temb = self.time_embed(t)
+        if self.cond_channels:
+            if cond is None:
+                raise GPEngineError("this U-Net is conditional: forward needs cond (known values and mask)")
+            x = torch.cat([x, cond.to(x.dtype)], dim=1)
+        elif cond is not None:
+            raise GPEngineError("this U-Net is unconditional: it takes no cond input")
         h = self.stem(x)
         skips = []
         n = len(self.down_blocks)

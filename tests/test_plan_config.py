@@ -45,7 +45,7 @@ def test_minimal_plan_takes_documented_defaults(tmp_path):
 
 def test_paper_preset_is_the_paper():
     # paper/NOTES: T = 250 (all timesteps), r = 10, jump 1, no resampling in the last 25 steps
-    assert SAMPLER_PRESETS["paper"] == {"steps": 250, "resample": 10, "jump": 1, "tail": 25}
+    assert SAMPLER_PRESETS["paper"] == {"steps": 250, "resample": 10, "jump": 1, "tail": 25, "eta": 1.0}
     fast = SAMPLER_PRESETS["fast"]
     assert fast["steps"] < 250 and fast["resample"] < 10
 

@@ -79,8 +79,11 @@ def describe(plan, batch_size: int | None = None, list_blocks: bool = False) -> 
         f"plan kind: {plan.plan_kind}, block {BLOCK}³"
         + (f", periodic on {'xyz' if all(periodic) else ''.join(a for a, p in zip('xyz', periodic) if p)}: "
            f"{n:,} blocks vs {plain:,} for the non-periodic box ({n / max(plain, 1):.2f}x)" if plain else ""),
-        f"sampler: {s.preset} (steps {s.steps}, resample {s.resample}, jump {s.jump}, "
-        f"no_resample_tail {s.tail}) -> {per_block:,} network evaluations per block",
+        (f"sampler: conditional (steps {s.steps}, no resampling, eta {s.eta:g}: "
+         f"{'DDPM' if s.eta == 1 else 'DDIM' if s.eta == 0 else 'between DDPM and DDIM'}) -> {per_block:,} "
+         "network evaluations per block (needs a conditional model)" if s.preset == "conditional" else
+         f"sampler: {s.preset} (steps {s.steps}, resample {s.resample}, jump {s.jump}, "
+         f"no_resample_tail {s.tail}) -> {per_block:,} network evaluations per block"),
         "stages:",
     ]
     for stage, k in counts.items():

@@ -13,12 +13,12 @@ def register(sub) -> argparse.ArgumentParser:
                     "periodically and at the end; --resume continues it exactly.")
     p.add_argument("--data", nargs="+", help="directory(ies) or volume files (.npz/.npy/.vti/SPPARKS dump)")
     p.add_argument("--out", required=True, help="checkpoint file to write (model.pt)")
-    p.add_argument("--preset", default="small", choices=["tiny", "mini", "mini3", "small", "base"],
+    p.add_argument("--preset", choices=["tiny", "mini", "mini3", "small", "base"],
                    help="U-Net size: tiny 8/16, mini 16/32, mini3 16/32/64, small 32/64, base 64/128/256 "
                         "channels (default small)")
     p.add_argument("--steps", type=int, default=10_000, help="total optimizer steps (default 10000)")
     p.add_argument("--batch-size", type=int, default=32, help="blocks per step (default 32)")
-    p.add_argument("--encoding", default="separable", choices=["separable", "bits", "paper"],
+    p.add_argument("--encoding", choices=["separable", "bits", "paper"],
                    help="block encoding (default separable): separable = K levels, bits = analog bits over "
                         "--bits channels, paper = the paper's spin values")
     p.add_argument("--bits", type=int, help="analog-bits channels for --encoding bits (default 4 = 16 codes)")
@@ -28,7 +28,7 @@ def register(sub) -> argparse.ArgumentParser:
                    help="autocast precision (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate (default 2e-4)")
     p.add_argument("--loss", default="mse", choices=["mse", "l1"], help="loss on the target (default mse)")
-    p.add_argument("--target", default="eps", choices=["eps", "x0", "v"],
+    p.add_argument("--target", choices=["eps", "x0", "v"],
                    help="what the network predicts (default eps); the built ONNX graph always outputs ε")
     p.add_argument("--weighting", default="uniform", choices=["uniform", "min-snr"],
                    help="loss weighting over timesteps (default uniform; min-snr = Min-SNR-γ)")
@@ -37,6 +37,13 @@ def register(sub) -> argparse.ArgumentParser:
                    help="analog bits: weight of an auxiliary cross-entropy on the predicted bits (default 0)")
     p.add_argument("--crop", type=int, default=32, choices=[16, 32],
                    help="training crop side (default 32; the sampler always runs 32³ blocks)")
+    p.add_argument("--conditional", action="store_true",
+                   help="train an outpainting model: the known values and mask of each block are extra inputs "
+                        "(masks shaped like the planner's), the loss is on unknown voxels; sample it with the "
+                        "plan preset 'conditional'")
+    p.add_argument("--init-from", metavar="CKPT",
+                   help="start from this trainer checkpoint's EMA weights (its U-Net, encoding, schedule and "
+                        "target are kept; an unconditional one is widened for --conditional)")
     p.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay (default 0.999)")
     p.add_argument("--T", type=int, default=250, help="diffusion steps (default 250)")
     p.add_argument("--val", dest="val_pattern", help="glob on file names for validation volumes "
@@ -66,14 +73,23 @@ def run(args) -> int:
     require("torch", "train", "gp-engine train")
     from ..train import TrainOptions, train
 
+    from ..errors import GPEngineError
+
+    model_args = {"--preset": args.preset, "--encoding": args.encoding, "--bits": args.bits,
+                  "--levels": args.levels, "--target": args.target}
+    given = [k for k, v in model_args.items() if v is not None]
+    if args.init_from and given:
+        raise GPEngineError(f"{', '.join(given)} conflict(s) with --init-from {args.init_from}: the U-Net, encoding "
+                            "and target come from that checkpoint; drop them")
     opts = TrainOptions(
-        data=args.data or [], out=args.out, preset=args.preset, steps=args.steps, batch_size=args.batch_size,
-        encoding=args.encoding, levels=args.levels, bits=args.bits, device=args.device, precision=args.precision,
-        lr=args.lr, loss=args.loss, target=args.target, weighting=args.weighting, gamma=args.gamma, aux_ce=args.aux_ce,
+        data=args.data or [], out=args.out, preset=args.preset or "small", steps=args.steps,
+        batch_size=args.batch_size, encoding=args.encoding or "separable", levels=args.levels, bits=args.bits, device=args.device, precision=args.precision,
+        lr=args.lr, loss=args.loss, target=args.target or "eps", weighting=args.weighting, gamma=args.gamma, aux_ce=args.aux_ce,
         crop=args.crop, cpu_time_limit_min=args.cpu_time_limit_min, ema_decay=args.ema_decay, T=args.T, val_pattern=args.val_pattern,
         val_every=args.val_every, val_blocks=args.val_blocks, checkpoint_every=args.checkpoint_every,
         time_limit_min=args.time_limit_min, seed=args.seed, threads=args.threads, compile=args.compile,
-        resume=args.resume, force=args.force, progress=not args.quiet)
+        resume=args.resume, force=args.force, progress=not args.quiet, conditional=args.conditional,
+        init_from=args.init_from)
     meta = train(opts)
     summary = {k: meta[k] for k in ("steps", "samples_seen", "wall_time_s", "cpu_time_s", "device",
                                     "final_train_loss", "final_val_loss", "final_val_x0w",

@@ -149,7 +149,8 @@ def _build_into(staging: Path, out: Path, model, ckpt: dict, torch_version: str,
     onnx_info["sha256"] = sha256_file(onnx_path)
 
     trt_info = build_engines(onnx_path, staging, batch_sizes, fp16=precision == "fp16", log=log,
-                             channels=int(ckpt["config"].get("in_channels", 1))) if tensorrt else None
+                             channels=int(ckpt["config"].get("in_channels", 1)),
+                             cond_channels=int(ckpt["config"].get("cond_channels", 0) or 0)) if tensorrt else None
     if not tensorrt:
         log("gp-engine build: TensorRT engines not requested (add --tensorrt on a GPU machine)")
 
@@ -166,12 +167,18 @@ def _build_into(staging: Path, out: Path, model, ckpt: dict, torch_version: str,
     enc = ckpt["encoding"]
     preset = ckpt["config"].get("preset") or "custom"
     target = ckpt.get("prediction", "eps")
-    default_name = (f"{preset}-{enc['kind']}{enc.get('levels') or ''}{'' if target == 'eps' else '-' + target}"
+    from ..conditional import model_kind
+
+    kind = model_kind(ckpt["config"])
+    default_name = (f"{'conditional-' if kind == 'conditional' else ''}{preset}-{enc['kind']}{enc.get('levels') or ''}{'' if target == 'eps' else '-' + target}"
                     f"-{meta.get('steps', 0)}steps")
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "name": name or (default_name + ("-cpu-placeholder" if is_placeholder else "")),
         "block_size": 32, "schedule": ckpt["schedule"],
+        # conditional: the graph takes a third input "cond" (known values and mask) and is sampled with
+        # the preset "conditional"; absent in older manifests = unconditional
+        "model_kind": kind,
         # the ONNX graph outputs ε whatever the network was trained on (parameterization.EpsAdapter)
         "prediction": "eps", "target": ckpt.get("prediction", "eps"),
         "objective": ckpt.get("objective") or {"loss": "mse", "weighting": "uniform", "crop": 32},

@@ -31,8 +31,10 @@ class ExportWrapper(nn.Module):
         self.model = model.to(dtype).eval()
         self.dtype = dtype
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.model(x.to(self.dtype), t).float()
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        if cond is None:
+            return self.model(x.to(self.dtype), t).float()
+        return self.model(x.to(self.dtype), t, cond.to(self.dtype)).float()
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, precision: str = "fp32",
@@ -51,9 +53,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, precision: str = "fp3
 
     dtype = torch.float16 if precision == "fp16" else torch.float32
     wrapper = ExportWrapper(copy.deepcopy(model).cpu(), dtype)
-    ch = model_channels(model)
+    ch, cc = model_channels(model), model_cond_channels(model)
     x = torch.randn(batch, ch, block, block, block)
     t = torch.full((batch,), 10.0)
+    # a conditional model takes a third input: the known values and mask (gp_engine.conditional)
+    args = (x, t) if not cc else (x, t, torch.rand(batch, cc, block, block, block).round())
+    names = ["x", "t"] + (["cond"] if cc else [])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, suffix=".onnx") as tmp_path:
@@ -62,16 +67,16 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, precision: str = "fp3
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
                 if exporter == "legacy":
-                    axes = {"x": {0: "batch"}, "t": {0: "batch"}, "eps": {0: "batch"}} if dynamic_batch else None
-                    torch.onnx.export(wrapper, (x, t), tmp, input_names=["x", "t"], output_names=["eps"],
+                    axes = ({n: {0: "batch"} for n in names + ["eps"]}) if dynamic_batch else None
+                    torch.onnx.export(wrapper, args, tmp, input_names=names, output_names=["eps"],
                                       opset_version=opset, dynamic_axes=axes, dynamo=False,
                                       do_constant_folding=True)
                 elif exporter == "dynamo":
                     shapes = None
                     if dynamic_batch:
                         b = torch.export.Dim("batch", min=1, max=4096)
-                        shapes = {"x": {0: b}, "t": {0: b}}
-                    torch.onnx.export(wrapper, (x, t), tmp, input_names=["x", "t"], output_names=["eps"],
+                        shapes = {n: {0: b} for n in names}
+                    torch.onnx.export(wrapper, args, tmp, input_names=names, output_names=["eps"],
                                       opset_version=opset, dynamic_shapes=shapes, dynamo=True, verbose=False)
                 else:
                     raise GPEngineError(f"exporter {exporter!r} is unknown; use legacy or dynamo")
@@ -83,13 +88,19 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, precision: str = "fp3
     b = "batch" if dynamic_batch else int(batch)
     return {"file": path.name, "opset": int(opset), "dynamic_batch": bool(dynamic_batch),
             "inputs": {"x": {"shape": [b, ch, block, block, block], "dtype": "float32"},
-                       "t": {"shape": [b], "dtype": "float32"}},
+                       "t": {"shape": [b], "dtype": "float32"},
+                       **({"cond": {"shape": [b, cc, block, block, block], "dtype": "float32"}} if cc else {})},
             "output": "eps", "exporter": exporter}
 
 
 def model_channels(model: nn.Module) -> int:
     """Input channels of a U-Net (or an adapter around one): 1, or B for analog bits."""
     return int((getattr(model, "config", None) or {}).get("in_channels", 1))
+
+
+def model_cond_channels(model: nn.Module) -> int:
+    """Condition channels of a conditional U-Net (0: unconditional)."""
+    return int((getattr(model, "config", None) or {}).get("cond_channels", 0) or 0)
 
 
 def _inline_external_data(path: str) -> None:
@@ -137,14 +148,25 @@ def compare_with_torch(model: nn.Module, onnx_path: str | os.PathLike, batch: in
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, model_channels(model), block, block, block, generator=g)
     t = torch.randint(0, 250, (batch,), generator=g).float()
+    cc = model_cond_channels(model)
     import copy
 
     ref_model = copy.deepcopy(model).cpu().to(reference_dtype).eval()
+    feeds = {"x": x.numpy(), "t": t.numpy()}
     with torch.no_grad():
-        ref = ref_model(x.to(reference_dtype), t).float().numpy()
-    out = onnx_session(onnx_path).run(["eps"], {"x": x.numpy(), "t": t.numpy()})[0]
+        if cc:  # known values where a random mask is set, the mask in the last channel
+            from ..conditional import make_cond
+
+            known = torch.rand(batch, 1, block, block, block, generator=g) < 0.5
+            cond = torch.from_numpy(make_cond(torch.randn(batch, cc - 1, block, block, block, generator=g).numpy(),
+                                              known.numpy()))
+            feeds["cond"] = cond.numpy()
+            ref = ref_model(x.to(reference_dtype), t, cond.to(reference_dtype)).float().numpy()
+        else:
+            ref = ref_model(x.to(reference_dtype), t).float().numpy()
+    out = onnx_session(onnx_path).run(["eps"], feeds)[0]
     return float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-12))
 
 
-__all__ = ["DEFAULT_OPSET", "ExportWrapper", "model_channels", "export_onnx", "graph_ops", "check_standard_ops",
+__all__ = ["DEFAULT_OPSET", "ExportWrapper", "model_channels", "model_cond_channels", "export_onnx", "graph_ops", "check_standard_ops",
            "onnx_session", "compare_with_torch"]

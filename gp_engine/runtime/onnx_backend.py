@@ -46,6 +46,9 @@ class OnnxEngine:
         self.x_name = "x" if "x" in inputs else list(inputs)[0]
         self.t_name = "t" if "t" in inputs else list(inputs)[1]
         self.out_name = self.session.get_outputs()[0].name
+        # a conditional model's third input: known values and mask (gp_engine.conditional)
+        self.cond_name = "cond" if "cond" in inputs else None
+        self.conditional = self.cond_name is not None
         dim0 = inputs[self.x_name].shape[0]
         if isinstance(dim0, int) and dim0 != self.batch_size:
             raise GPEngineError(f"{path} has a fixed batch of {dim0}, not {self.batch_size}; "
@@ -56,14 +59,22 @@ class OnnxEngine:
         # multiply the cost of the many 1-block batches of small boxes).
         self.pad = not isinstance(dim0, str) and dim0 is not None or self.name != "onnxruntime-cpu"
 
-    def predict_eps(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    def predict_eps(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
         b = x.shape[0]
         if b > self.batch_size:
             raise GPEngineError(f"batch of {b} blocks exceeds the engine batch size {self.batch_size}")
+        if (cond is None) == self.conditional:
+            raise GPEngineError("this model is conditional: it needs the known values and mask (sampler preset "
+                                "'conditional')" if self.conditional else
+                                "this model is unconditional: it takes no condition; use a RePaint preset")
         if b < self.batch_size and self.pad:  # big fixed batches: pad with zeros
             pad = self.batch_size - b
             x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], np.float32)])
             t = np.concatenate([t, np.full(pad, t[0] if b else 0, np.float32)])
-        out = self.session.run([self.out_name], {self.x_name: np.ascontiguousarray(x, np.float32),
-                                                 self.t_name: np.ascontiguousarray(t, np.float32)})[0]
+            if cond is not None:
+                cond = np.concatenate([cond, np.zeros((pad,) + cond.shape[1:], np.float32)])
+        feeds = {self.x_name: np.ascontiguousarray(x, np.float32), self.t_name: np.ascontiguousarray(t, np.float32)}
+        if cond is not None:
+            feeds[self.cond_name] = np.ascontiguousarray(cond, np.float32)
+        out = self.session.run([self.out_name], feeds)[0]
         return out[:b]

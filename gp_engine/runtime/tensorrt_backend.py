@@ -65,14 +65,28 @@ class TensorRTEngine:
         self.out = torch.zeros(shape, device="cuda",
                                dtype=torch.float16 if self.engine.get_tensor_dtype(self.out_name)
                                == trt.DataType.HALF else torch.float32)
-        for name, buf in ((self.x_name, self.x), (self.t_name, self.t), (self.out_name, self.out)):
+        self.cond_name = "cond" if "cond" in inputs else None
+        self.conditional = self.cond_name is not None
+        bufs = [(self.x_name, self.x), (self.t_name, self.t), (self.out_name, self.out)]
+        if self.conditional:  # known values and mask (gp_engine.conditional)
+            cshape = (self.batch_size, int(self.engine.get_tensor_shape(self.cond_name)[1]), block, block, block)
+            self.context.set_input_shape(self.cond_name, cshape)
+            self.cond = torch.zeros(cshape, device="cuda")
+            bufs.append((self.cond_name, self.cond))
+        for name, buf in bufs:
             self.context.set_tensor_address(name, buf.data_ptr())
         self.name = f"tensorrt-b{self.batch_size}"
 
-    def predict_eps(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    def predict_eps(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
         torch, b = self.torch, x.shape[0]
         if b > self.batch_size:
             raise GPEngineError(f"batch of {b} blocks exceeds the engine batch size {self.batch_size}")
+        if (cond is None) == self.conditional:
+            raise GPEngineError("the model's condition input does not match the sampler (conditional model "
+                                "needs the preset 'conditional', and the reverse)")
+        if cond is not None:
+            self.cond.zero_()
+            self.cond[:b].copy_(torch.from_numpy(np.ascontiguousarray(cond, np.float32)))
         self.x.zero_()
         self.x[:b].copy_(torch.from_numpy(np.ascontiguousarray(x, np.float32)))
         self.t.fill_(float(t[0]))

@@ -73,12 +73,15 @@ class TorchSampler:
         self.n = int(np.prod(self.shape))
         dev = self.device
         tab = {k: torch.tensor(v, dtype=torch.float32, device=dev)
-               for k, v in setup.respaced.coefficients().items()}
+               for k, v in setup.coefficients().items()}
         self.tab = tab
         self.voxel = torch.arange(self.n, dtype=torch.int64, device=dev)
         self.x = torch.zeros(self.B, self.n, device=dev)
         self.x0 = torch.zeros(self.B, self.n, device=dev)
         self.mask = torch.zeros(self.B, self.n, dtype=torch.bool, device=dev)
+        # conditional models: known values and mask as network inputs, loaded once per batch
+        self.cond = (torch.zeros((self.B, self.shape[0] + 1) + self.shape[1:], device=dev)
+                     if setup.conditional else None)
         self.ids = torch.full((self.B,), -1, dtype=torch.int64, device=dev)
         # shape-[1] device scalars: gathered with index_select, never read back (.item() would
         # sync the host and break graph capture)
@@ -96,11 +99,12 @@ class TorchSampler:
 
     def _eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         xin = x.view((self.B,) + self.shape)
+        args = (xin, t) if self.cond is None else (xin, t, self.cond)
         if self.dtype != torch.float32:
             with torch.autocast(self.device.type, dtype=self.dtype, cache_enabled=False):
-                out = self.model(xin, t)
+                out = self.model(*args)
         else:
-            out = self.model(xin, t)
+            out = self.model(*args)
         return out.reshape(self.B, self.n).float()
 
     def _at(self, name: str, index: torch.Tensor) -> torch.Tensor:
@@ -160,6 +164,11 @@ class TorchSampler:
         mp[:b] = mask.reshape(b, self.n).astype(bool)
         self.x0.copy_(torch.from_numpy(x0p))
         self.mask.copy_(torch.from_numpy(mp))
+        if self.cond is not None:
+            from ..conditional import make_cond
+
+            self.cond.copy_(torch.from_numpy(make_cond(x0p.reshape((self.B,) + self.shape),
+                                                       mp.reshape((self.B,) + self.shape))))
         self.ids.copy_(torch.from_numpy(ids))
         self.seed_key.fill_(int(mixing.hash32_np(np.uint64(int(seed) % (1 << 32)))))
         self.k.fill_(INIT_COUNTER)
@@ -231,18 +240,23 @@ class TorchEngine:
         return cls(model, batch_size, device, prec, int(manifest.get("block_size", 32)))
 
     @torch.no_grad()
-    def predict_eps(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    def predict_eps(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
         b = x.shape[0]
         xt = torch.zeros((self.batch_size,) + x.shape[1:], device=self.device)
         xt[:b] = torch.from_numpy(np.ascontiguousarray(x, np.float32))
         tt = torch.full((self.batch_size,), float(t[0]), device=self.device)
         tt[:b] = torch.from_numpy(np.ascontiguousarray(t, np.float32))
+        args = (xt, tt)
+        if cond is not None:
+            ct = torch.zeros((self.batch_size,) + cond.shape[1:], device=self.device)
+            ct[:b] = torch.from_numpy(np.ascontiguousarray(cond, np.float32))
+            args = (xt, tt, ct)
         dtype = DTYPES[self.precision]
         if dtype != torch.float32:
             with torch.autocast(torch.device(self.device).type, dtype=dtype):
-                out = self.model(xt, tt)
+                out = self.model(*args)
         else:
-            out = self.model(xt, tt)
+            out = self.model(*args)
         return out.float()[:b].cpu().numpy()
 
     def sample_batch(self, x0: np.ndarray, mask: np.ndarray, block_ids: np.ndarray, seed: int,
