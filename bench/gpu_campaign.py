@@ -109,7 +109,7 @@ def env_info() -> dict:
 
 
 def quality(model_dir: Path, data: Path, out: Path, preset: str, volumes: int, shape, backend: str,
-            batch: int, progress: bool, segmentation: dict | None = None) -> dict:
+            batch: int, progress: bool, segmentation: dict | None = None, steps: int | None = None) -> dict:
     from gp_engine.generate import generate
     from gp_engine.stats import summarize
     from gp_engine.volume_io import read_volume
@@ -118,7 +118,7 @@ def quality(model_dir: Path, data: Path, out: Path, preset: str, volumes: int, s
     for i in range(volumes):
         o = out / f"seed{i}"
         plan = {"version": 1, "geometry": {"shape": list(shape)}, "model": str(model_dir),
-                "sampler": {"preset": preset}, "batch_size": batch, "backend": backend, "seed": i,
+                "sampler": {"preset": preset, **({"steps": steps} if steps else {})}, "batch_size": batch, "backend": backend, "seed": i,
                 "outputs": {"dir": str(o), "formats": ["npy", "png"]}}
         if segmentation:
             plan["segmentation"] = segmentation
@@ -153,7 +153,11 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=64, help="training blocks per step (default 64)")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--compile", action="store_true", help="torch.compile the training step (needs a C compiler)")
-    p.add_argument("--checkpoint", help="trainer checkpoint to resume (default checkpoints/gpu_<preset>.pt)")
+    p.add_argument("--checkpoint", help="trainer checkpoint to resume (default checkpoints/gpu_<preset>.pt, "
+                   "or gpu_conditional_<preset>.pt with --conditional)")
+    p.add_argument("--conditional", action="store_true",
+                   help="the conditional (outpainting) lineage: a new one starts from the unconditional GPU "
+                        "checkpoint (widened); quality at the 'conditional' preset, 'paper' stage at 100 steps")
     p.add_argument("--skip", default="", help="comma-separated stages to skip")
     p.add_argument("--dry-run", action="store_true", help="CPU smoke run in seconds (CI)")
     a = p.parse_args(argv)
@@ -175,7 +179,9 @@ def main(argv=None) -> int:
     device = "cuda" if cuda else "cpu"
     backend = "torch-cuda" if cuda else "onnxruntime"
 
-    ckpt_src = Path(a.checkpoint) if a.checkpoint else ROOT / "checkpoints" / f"gpu_{a.preset}.pt"
+    lineage = f"gpu_conditional_{a.preset}.pt" if a.conditional else f"gpu_{a.preset}.pt"
+    ckpt_src = Path(a.checkpoint) if a.checkpoint else ROOT / "checkpoints" / lineage
+    parent = ROOT / "checkpoints" / f"gpu_{a.preset}.pt"  # a new conditional lineage starts from it
     ckpt = out / ckpt_src.name
 
     def train_stage():
@@ -187,7 +193,9 @@ def main(argv=None) -> int:
         files = sorted(data.glob("*seed10*.npz"))
         if not files:
             raise RuntimeError(f"no SPPARKS volumes in {data}")
+        init = str(parent) if (a.conditional and not resume and parent.is_file() and not dry) else None
         opts = TrainOptions(data=[str(f) for f in files], out=str(ckpt), preset=a.preset, steps=10**9,
+                            conditional=a.conditional, init_from=init,
                             batch_size=a.batch_size, device=device, precision="bf16" if cuda else "fp32",
                             lr=a.lr, target=a.target, weighting=a.weighting, time_limit_min=a.train_min,
                             encoding=a.encoding, bits=a.bits,
@@ -245,13 +253,18 @@ def main(argv=None) -> int:
     shape = [32] * 3 if dry else [100] * 3
     # dry run: a model trained for seconds paints noise; keep every fragment so the statistics exist
     seg = {"method": "levels", "min_size": 1} if dry else None
+    # conditional lineage: 'quality' at the conditional preset (50 steps), 'paper' at 100 steps
+    q_preset = "conditional" if a.conditional else "fast"
+    p_preset, p_steps = ("conditional", 100) if a.conditional else ("fast" if dry else "paper", None)
     if "quality" not in skip:
-        camp.stage("quality", lambda: quality(model_dir, data, out / "quality_fast", "fast", 1 if dry else 4,
+        camp.stage("quality", lambda: quality(model_dir, data, out / "quality_fast", q_preset, 1 if dry else 4,
                                               shape, backend, 2 if dry else 64, progress=not dry,
-                                              segmentation=seg), need_s=60)
+                                              segmentation=seg, steps=4 if dry and a.conditional else None),
+                   need_s=60)
     if "paper" not in skip:
-        camp.stage("paper", lambda: quality(model_dir, data, out / "paper", "fast" if dry else "paper", 1, shape,
-                                            backend, 2 if dry else 64, progress=not dry, segmentation=seg),
+        camp.stage("paper", lambda: quality(model_dir, data, out / "paper", p_preset, 1, shape,
+                                            backend, 2 if dry else 64, progress=not dry, segmentation=seg,
+                                            steps=4 if dry and a.conditional else p_steps),
                        need_s=150)
     for key in ("quality", "paper"):  # the bulky volumes stay on the device; keep PNGs and results
         d = out / ("quality_fast" if key == "quality" else key)

@@ -28,29 +28,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-
-
-def plane_figures(ids: np.ndarray, axis: int, i: int) -> tuple[float, float]:
-    """(boundary density, straddling share) of the plane between slices i and i + 1 along ``axis``."""
-    a = np.take(ids, i, axis=axis)
-    b = np.take(ids, i + 1, axis=axis)
-    density = float(np.mean(a != b))
-    ga, gb = np.unique(a), np.unique(b)
-    touching = np.union1d(ga, gb)
-    straddle = float(np.intersect1d(ga, gb).size / max(touching.size, 1))
-    return density, straddle
+from seams import plane_report, tile_seams  # noqa: E402  (one definition of the seam figures)
 
 
 def seam_report(ids: np.ndarray, n: tuple[int, int, int]) -> dict:
     """Mean figures on seam planes (i = n - 1 of each tile) and on every other plane, all three axes."""
-    seam, inner = [], []
-    for axis in range(3):
-        for i in range(ids.shape[axis] - 1):
-            (seam if (i + 1) % n[axis] == 0 else inner).append(plane_figures(ids, axis, i))
-    s, t = np.array(seam), np.array(inner)
-    return {"seam_boundary_density": float(s[:, 0].mean()), "interior_boundary_density": float(t[:, 0].mean()),
-            "seam_straddling": float(s[:, 1].mean()), "interior_straddling": float(t[:, 1].mean()),
-            "interior_boundary_density_sd": float(t[:, 0].std())}
+    return plane_report(ids, tile_seams(n))
 
 
 def main(argv=None) -> int:

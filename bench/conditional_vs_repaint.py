@@ -1,0 +1,250 @@
+"""Quality against cost: RePaint (unconditional model) vs the conditional sampler (conditional model).
+
+For each sampler setting, generates ``--volumes`` boxes (seeds 0, 1, ...; the same seeds for every
+setting) and scores them against the validation SPPARKS volumes 1019-1023 (never trained on):
+
+* KL(generated ‖ SPPARKS) of grain volume / aspect / nearest-centroid distance (gp_engine.stats,
+  Gaussian-KDE, the estimator of bench/stats_floor.py, whose SPPARKS-vs-SPPARKS floor is printed
+  beside), grain count, median grain volume, share of voxels in grains under 20 voxels;
+* network evaluations per block and voxels/min of the run (its own timing);
+* seams (bench/seams.py): boundary density and share of grains crossing, on the planes of the block
+  faces of the plan against every other plane, next to the same planes in the SPPARKS volumes.
+
+Settings: ``fast`` and ``paper`` (RePaint on ``--unconditional``, default the shipped model) and
+``condN`` / ``condN-etaE`` (the conditional preset with N steps and η = E, on ``--conditional``, a
+model folder or a trainer checkpoint, built on first use). Generated volumes are kept under
+bench/out/conditional/ and reused (an interrupted one resumes); rows accumulate in
+bench/results/conditional.{json,md} (a row is replaced when the same model, setting and box are
+scored again) with the plot bench/plots/conditional_kl_vs_evaluations.png.
+
+    python bench/conditional_vs_repaint.py --conditional checkpoints/conditional_cpu.pt \\
+        --settings fast cond25 cond50 cond100 --shape 100 100 100 --volumes 4
+    python bench/conditional_vs_repaint.py --conditional checkpoints/conditional_cpu.pt \\
+        --settings paper cond50 --shape 48 48 48 --volumes 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from provenance import header  # noqa: E402
+from seams import block_seams, plane_report  # noqa: E402
+from stats_floor import PAPER_R10  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data" / "spparks"
+VALIDATION_SEEDS = range(1019, 1024)
+KEYS = ("kl_volume", "kl_aspect", "kl_centroid")
+RESULTS = ROOT / "bench" / "results"
+ROWS_JSON, ROWS_MD = RESULTS / "conditional.json", RESULTS / "conditional.md"
+PLOT = ROOT / "bench" / "plots" / "conditional_kl_vs_evaluations.png"
+
+
+def sampler_for(setting: str) -> dict:
+    """The plan's sampler section for a setting name (fast, paper, condN, condN-etaE)."""
+    if setting in ("fast", "paper"):
+        return {"preset": setting}
+    m = re.fullmatch(r"cond(\d+)(?:-eta([0-9.]+))?", setting)
+    if not m:
+        raise SystemExit(f"conditional_vs_repaint: setting {setting!r} is unknown; use fast, paper, condN or condN-etaE")
+    out = {"preset": "conditional", "steps": int(m.group(1))}
+    if m.group(2) is not None:
+        out["eta"] = float(m.group(2))
+    return out
+
+
+def model_dir_for(path: str | None, work: Path) -> Path | None:
+    """A model folder; a trainer checkpoint is built (once per step count) under ``work``."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_dir():
+        return p
+    from gp_engine.checkpoint import load_checkpoint
+    from gp_engine.export import build_model
+
+    ck = load_checkpoint(p)
+    d = work / f"model_{p.stem}_{ck['step']}steps"
+    if not (d / "manifest.json").is_file():
+        build_model(p, d, batch_sizes=[1, 8], log=lambda *_: None)
+    return d
+
+
+def spparks_seams(shape, corners) -> dict:
+    """The seam figures of the validation SPPARKS volumes cropped to ``shape``, on the same planes."""
+    from gp_engine.grains import split_grains
+
+    figs = []
+    for s in VALIDATION_SEEDS:
+        spins = np.load(SHARED / f"potts_iso_100_seed{s}.npz")["spins"][:shape[0], :shape[1], :shape[2]]
+        figs.append(plane_report(split_grains(np.ascontiguousarray(spins)), block_seams(corners, shape)))
+    return {k: float(np.mean([f[k] for f in figs])) for k in figs[0]} | {
+        "seam_boundary_density_sd": float(np.std([f["seam_boundary_density"] for f in figs]))}
+
+
+def run_setting(setting: str, model: Path | None, shape, volumes: int, work: Path, batch: int, quiet: bool) -> dict:
+    from gp_engine.generate import generate, plan_blocks
+    from gp_engine.runtime import read_model
+    from gp_engine.stats import summarize
+    from gp_engine.volume_io import read_volume
+
+    mdir, manifest = read_model(model)
+    sampler = sampler_for(setting)
+    tag = f"{manifest['name']}_{setting}_{'x'.join(map(str, shape))}"
+    grains, timings, seams = [], [], []
+    corners = [b.corner for b in plan_blocks("grid", shape, 32)]
+    for seed in range(volumes):
+        out = work / f"{tag}_seed{seed}"
+        if not (out / "grains.npy").is_file():
+            plan = {"version": 1, "geometry": {"shape": list(shape)}, "model": str(mdir), "sampler": sampler,
+                    "batch_size": batch, "backend": "onnxruntime", "seed": seed,
+                    "outputs": {"dir": str(out), "formats": ["npy", "png"]}}
+            resume = (out / "canvas").is_dir()
+            generate(plan, out_dir=out, resume=resume, force=not resume, progress=not quiet)
+        st = json.loads((out / "stats.json").read_text())
+        timings.append(st["timing"])
+        ids = np.load(out / "grains.npy")
+        grains.append(ids)
+        seams.append(plane_report(ids, block_seams(corners, shape)))
+        print(f"  {setting} seed {seed}: {st['timing'].get('voxels_per_min') or 0:,.0f} vox/min", flush=True)
+    refs = [read_volume(SHARED / f"potts_iso_100_seed{s}.npz") for s in VALIDATION_SEEDS]
+    summary = summarize(grains, refs)
+    sizes = np.concatenate([np.bincount(g.ravel())[1:] for g in grains])
+    sizes = sizes[sizes > 0]
+    small = float(sizes[sizes < 20].sum() / sizes.sum())
+    vpm = [t["voxels_per_min"] for t in timings if t.get("voxels_per_min")]
+    return {
+        "setting": setting, "sampler": sampler, "model": manifest["name"], "model_kind": manifest.get("model_kind", "unconditional"),
+        "model_training": {k: (manifest.get("training") or {}).get(k) for k in ("steps", "samples_seen", "cpu_time_s", "init_from")},
+        "shape": list(shape), "volumes": volumes, "evaluations_per_block": timings[0]["evaluations_per_block"],
+        "blocks": timings[0].get("blocks"), "voxels_per_min_mean": float(np.mean(vpm)) if vpm else None,
+        "backend": timings[0].get("backend"), "threads": os.environ.get("GP_ENGINE_THREADS"),
+        "summary": {k: summary[k] for k in KEYS + ("grains", "mean_volume", "median_volume")},
+        "share_voxels_small_grains": small,
+        "seams": {k: float(np.mean([s[k] for s in seams])) for k in seams[0]},
+    }
+
+
+def render_md(rows: list[dict], floor: dict | None) -> str:
+    fl = (f"SPPARKS-vs-SPPARKS floor (same estimator, 5 vs 5): volume {floor['kl_volume']:.4f}, aspect "
+          f"{floor['kl_aspect']:.4f}, centroid {floor['kl_centroid']:.4f}; " if floor else "")
+    lines = ["# Conditional sampler vs RePaint: quality against network evaluations per block", "",
+             "Rows from `bench/conditional_vs_repaint.py`. KL(generated ‖ SPPARKS validation 1019-1023), "
+             "gp_engine.stats Gaussian-KDE estimator. " + fl +
+             f"paper Table 1 (r = 10): {PAPER_R10['kl_volume']} / {PAPER_R10['kl_aspect']} / {PAPER_R10['kl_centroid']}. "
+             "Seams: boundary density (share of voxel pairs in different grains) and share of grains crossing, on "
+             "the planes of the plan's block faces vs all other planes; SPPARKS: the same planes of the validation "
+             "volumes cropped to the box (no seams there: their spread is the noise). vox/min: each run's own "
+             "timing on the machine named (other work may have shared it).", "",
+             "| model | kind | setting | evals/block | box | KL volume | KL aspect | KL centroid | grains | median vol "
+             "| voxels in < 20 | seam density | interior density | SPPARKS seam / interior | crossing seam / interior "
+             "| vox/min | device | date | commit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        s, sm, sp = r["summary"], r["seams"], r.get("spparks_seams") or {}
+        box = f"{r['volumes']}×{'x'.join(map(str, r['shape']))}"
+        spp = (f"{sp['seam_boundary_density']:.3f} / {sp['interior_boundary_density']:.3f}" if sp else "–")
+        lines.append(
+            f"| {r['model']} | {r['model_kind']} | {r['setting']} | {r['evaluations_per_block']} | {box} | "
+            f"{s['kl_volume']:.3f} | {s['kl_aspect']:.3f} | {s['kl_centroid']:.3f} | {s['grains']} | "
+            f"{s['median_volume']:.0f} | {100 * r['share_voxels_small_grains']:.1f} % | "
+            f"{sm['seam_boundary_density']:.3f} | {sm['interior_boundary_density']:.3f} | {spp} | "
+            f"{sm['seam_straddling']:.3f} / {sm['interior_straddling']:.3f} | "
+            f"{r['voxels_per_min_mean'] or 0:,.0f} | {r['device']['cpu'] if not r['device'].get('gpu') else r['device']['gpu']} | "
+            f"{r['date'][:10]} | {r['commit'][:8]} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=100)
+    for ax, k in zip(axes, KEYS):
+        groups: dict[str, list] = {}
+        for r in rows:
+            key = f"{r['model_kind']} {'x'.join(map(str, r['shape']))}"
+            groups.setdefault(key, []).append((r["evaluations_per_block"], r["summary"][k], r["setting"]))
+        for key, pts in groups.items():
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=key, ms=4)
+            for e, v, name in pts:
+                ax.annotate(name, (e, v), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        ax.axhline(PAPER_R10[k], color="k", ls="--", lw=0.8, label="paper Table 1")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("network evaluations per block")
+        ax.set_title(k.replace("_", " "))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    from gp_engine.atomic_write import save_figure
+
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    save_figure(fig, PLOT)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--settings", nargs="+", default=["fast", "cond25", "cond50", "cond100"])
+    ap.add_argument("--unconditional", help="model folder for RePaint settings (default: the shipped model)")
+    ap.add_argument("--conditional", help="conditional model folder or trainer checkpoint (for condN settings)")
+    ap.add_argument("--shape", type=int, nargs=3, default=[64, 64, 64])
+    ap.add_argument("--volumes", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1, help="onnxruntime / numba threads (default 1)")
+    ap.add_argument("--work", default=str(ROOT / "bench" / "out" / "conditional"))
+    ap.add_argument("--no-row", action="store_true")
+    ap.add_argument("--quiet", action="store_true")
+    a = ap.parse_args(argv)
+    os.environ.setdefault("GP_ENGINE_THREADS", str(a.threads))
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(a.threads))
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    cond_dir = model_dir_for(a.conditional, work)
+    shape = tuple(a.shape)
+    from gp_engine.generate import plan_blocks
+
+    spp = spparks_seams(shape, [b.corner for b in plan_blocks("grid", shape, 32)]) if max(shape) <= 100 else None
+    floor = None
+    fpath = RESULTS / "stats_floor.json"
+    if fpath.is_file():
+        comps = [c for c in json.loads(fpath.read_text())["comparisons"] if c["comparison"].startswith("val 1019-1023")]
+        floor = {k: float(np.mean([c[k] for c in comps])) for k in KEYS} if comps else None
+    rows = json.loads(ROWS_JSON.read_text()) if ROWS_JSON.is_file() else []
+    for setting in a.settings:
+        t0 = time.time()
+        model = cond_dir if setting.startswith("cond") else (Path(a.unconditional) if a.unconditional else None)
+        if setting.startswith("cond") and model is None:
+            raise SystemExit("conditional_vs_repaint: condN settings need --conditional MODEL_OR_CHECKPOINT")
+        row = {**header("conditional_vs_repaint", cuda=False),
+               **run_setting(setting, model, shape, a.volumes, work, a.batch_size, a.quiet),
+               "spparks_seams": spp, "floor_spparks_5v5": floor, "paper_table1_r10": PAPER_R10,
+               "wall_s": time.time() - t0}
+        s = row["summary"]
+        print(f"{setting}: {row['evaluations_per_block']} evals/block, KL {s['kl_volume']:.3f} / {s['kl_aspect']:.3f} / "
+              f"{s['kl_centroid']:.3f}, median {s['median_volume']:.0f}, seams {row['seams']['seam_boundary_density']:.3f}"
+              f" vs {row['seams']['interior_boundary_density']:.3f}", flush=True)
+        if not a.no_row:
+            key = (row["model"], row["setting"], tuple(row["shape"]), row["volumes"])
+            rows = [r for r in rows if (r["model"], r["setting"], tuple(r["shape"]), r["volumes"]) != key] + [row]
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            ROWS_JSON.write_text(json.dumps(rows, indent=1) + "\n")
+            ROWS_MD.write_text(render_md(rows, floor))
+            plot(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
