@@ -88,11 +88,13 @@ def _mix_known(x, x0, mask, a, s, k1, k2):
 
 
 @numba.njit(parallel=True, cache=True)
-def _posterior(x, eps, sab, s1mab, c_x0, c_xt, sigma, clip, k1, k2):
+def _posterior(x, eps, sab, s1mab, c_x0, c_xt, sigma, clip, k1, k2, skip):
     B, n = x.shape
     for f in numba.prange(B * n):
         r = f // n
         v = f - r * n
+        if skip[r, v]:  # a known voxel: the next mix (or the final paste) overwrites it anyway
+            continue
         xt = np.float64(x[r, v])
         x0 = (xt - s1mab * eps[r, v]) / sab
         if clip:
@@ -104,11 +106,13 @@ def _posterior(x, eps, sab, s1mab, c_x0, c_xt, sigma, clip, k1, k2):
 
 
 @numba.njit(parallel=True, cache=True)
-def _renoise(x, a, s, k1, k2):
+def _renoise(x, a, s, k1, k2, skip):
     B, n = x.shape
     for f in numba.prange(B * n):
         r = f // n
         v = f - r * n
+        if skip[r, v]:
+            continue
         x[r, v] = np.float32(a * x[r, v] + s * _normal(v, k1[r], k2[r]))
 
 
@@ -125,17 +129,30 @@ def mix_known(x: np.ndarray, x0: np.ndarray, mask: np.ndarray, sqrt_ab: float, s
     _mix_known(x, x0, mask, float(sqrt_ab), float(sqrt_1mab), k1, k2)
 
 
+def _skip_mask(x: np.ndarray, skip: np.ndarray | None) -> np.ndarray:
+    if skip is None:
+        return np.zeros(x.shape, np.uint8)
+    if skip.shape != x.shape:
+        raise ValueError(f"skip mask shape {skip.shape} != x shape {x.shape}")
+    return np.ascontiguousarray(skip, np.uint8)
+
+
 def posterior_step(x: np.ndarray, eps: np.ndarray, sqrt_ab: float, sqrt_1mab: float, c_x0: float,
                    c_xt: float, sigma: float, clip: bool, block_ids: np.ndarray, seed: int,
-                   counter: int, stream: int) -> None:
-    """x ← c_x0·x̂_0 + c_xt·x + σ·z with x̂_0 = (x - √(1-ᾱ)·ε)/√ᾱ (optionally clipped). In place."""
+                   counter: int, stream: int, skip: np.ndarray | None = None) -> None:
+    """x ← c_x0·x̂_0 + c_xt·x + σ·z with x̂_0 = (x - √(1-ᾱ)·ε)/√ᾱ (optionally clipped). In place.
+
+    ``skip`` [B, n] (1 = leave the voxel as it is): the sampler passes the known mask, whose voxels
+    the next mix or the final paste overwrites, so their arithmetic and noise are not spent. The
+    other voxels get exactly the values they would get without it.
+    """
     k1, k2 = row_keys(block_ids, seed, counter, stream)
     _posterior(x, eps, float(sqrt_ab), float(sqrt_1mab), float(c_x0), float(c_xt), float(sigma),
-               bool(clip), k1, k2)
+               bool(clip), k1, k2, _skip_mask(x, skip))
 
 
 def renoise(x: np.ndarray, sqrt_a: float, sqrt_1ma: float, block_ids: np.ndarray, seed: int,
-            counter: int, stream: int) -> None:
-    """One forward diffusion step x ← √α·x + √(1-α)·z. In place."""
+            counter: int, stream: int, skip: np.ndarray | None = None) -> None:
+    """One forward diffusion step x ← √α·x + √(1-α)·z. In place (``skip``: as in :func:`posterior_step`)."""
     k1, k2 = row_keys(block_ids, seed, counter, stream)
-    _renoise(x, float(sqrt_a), float(sqrt_1ma), k1, k2)
+    _renoise(x, float(sqrt_a), float(sqrt_1ma), k1, k2, _skip_mask(x, skip))

@@ -271,11 +271,11 @@ def sample_batch(engine: EpsModel, x0: np.ndarray, mask: np.ndarray, block_ids: 
             check_finite(eps[:b], ids, k, engine)
             mixing.posterior_step(x, eps, c["sqrt_ab"][i], c["sqrt_1mab"][i], c["c_x0"][i],
                                   c["c_xt"][i], c["sigma"][i], setup.clip_x0, idf, seed, k,
-                                  STREAM_STEP)
+                                  STREAM_STEP, skip=mf)
             if on_step is not None:
                 on_step(k)
         else:  # forward re-noise i -> i+1
-            mixing.renoise(x, c["sqrt_a"][j], c["sqrt_1ma"][j], idf, seed, k, STREAM_STEP)
+            mixing.renoise(x, c["sqrt_a"][j], c["sqrt_1ma"][j], idf, seed, k, STREAM_STEP, skip=mf)
     paste_known(x, x0f, mf)
     return x.reshape(shape)
 

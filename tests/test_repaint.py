@@ -170,3 +170,24 @@ def test_mid_range_shift():
     x = np.array([[-0.2, 0.6], [0.1, 0.4]], np.float32)
     y = repaint.shift_mid_range(x)
     assert y.min() == pytest.approx(-y.max())
+
+
+def test_posterior_and_renoise_skip_known_voxels_without_changing_the_others():
+    """The sampler passes the known mask as ``skip``: those voxels are left alone (the next mix or
+    the final paste overwrites them) and every other voxel gets exactly the value it gets without it."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3, 4096)).astype(np.float32)
+    eps = rng.normal(size=(3, 4096)).astype(np.float32)
+    skip = (rng.random((3, 4096)) < 0.5).astype(np.uint8)
+    ids = np.array([2, 5, 9])
+    a, b = x.copy(), x.copy()
+    mixing.posterior_step(a, eps, 0.6, 0.8, 0.3, 0.7, 0.2, True, ids, 4, 7, 2)
+    mixing.posterior_step(b, eps, 0.6, 0.8, 0.3, 0.7, 0.2, True, ids, 4, 7, 2, skip=skip)
+    keep = skip.astype(bool)
+    np.testing.assert_array_equal(b[~keep], a[~keep])
+    np.testing.assert_array_equal(b[keep], x[keep])
+    a, b = x.copy(), x.copy()
+    mixing.renoise(a, 0.9, 0.4, ids, 4, 8, 2)
+    mixing.renoise(b, 0.9, 0.4, ids, 4, 8, 2, skip=skip)
+    np.testing.assert_array_equal(b[~keep], a[~keep])
+    np.testing.assert_array_equal(b[keep], x[keep])
