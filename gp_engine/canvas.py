@@ -287,12 +287,24 @@ class Canvas:
         if state.get("version", STATE_VERSION) > STATE_VERSION:
             raise GPEngineError(f"{state_path} was written by a newer gp-engine (state version "
                                 f"{state['version']}); upgrade gp-engine to resume it")
-        old = state["meta"]
+        old = dict(state["meta"])
+        # canvases from before the noise stream and backend were recorded: the stream was the first
+        # one, the backend unknown (accepted)
+        from .mixing import NOISE_STREAM
+
+        if "noise" in meta:
+            old.setdefault("noise", NOISE_STREAM)
+        if "backend" in meta:
+            old.setdefault("backend", meta["backend"])
         diff = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
         if diff:
             detail = "; ".join(f"{k}: run has {old.get(k)!r}, now {meta.get(k)!r}" for k in diff)
+            hint = ""
+            if "backend" in diff:
+                hint = (f"; the backend and precision fix the arithmetic of a volume: resume on the "
+                        f"backend it started on ({old.get('backend')!r}, see --backend)")
             raise GPEngineError(f"cannot resume {out_dir}: the run was started with different "
-                                f"settings ({detail}); use the original plan/seed/model or --force")
+                                f"settings ({detail}){hint}; use the original plan/seed/model or --force")
         done = state["completed"]
         if not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in done) \
                 or len(set(done)) != len(done):

@@ -410,6 +410,10 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
 
             backend_name = choose_backend(model_dir, manifest, backend or getattr(plan, "backend", None) or "auto", B)
             engine = load_engine(model_dir, backend_name, B)
+        # the arithmetic of the volume: a resume on another backend/precision or noise stream is refused
+        from .mixing import NOISE_STREAM
+
+        meta.update(backend=str(getattr(engine, "name", type(engine).__name__)), noise=NOISE_STREAM)
         enc = manifest.get("encoding") or {}
         if resume:  # an interrupted forced run lives in canvas.new until it completes
             cdir = new_canvas if new_canvas.exists() else old_canvas

@@ -19,6 +19,10 @@ import math
 import numba
 import numpy as np
 
+#: The noise stream's name and version, recorded in every canvas: a resume refuses a canvas painted
+#: with another stream (a changed hash or normal generator would mix two streams in one volume).
+NOISE_STREAM = "lowbias32-boxmuller-f64/1"
+
 M32 = np.uint64(0xFFFFFFFF)
 C1, C2 = 0x7FEB352D, 0x846CA68B
 GOLDEN = 0x9E3779B9

@@ -374,3 +374,38 @@ def test_segment_and_stats_refuse_to_overwrite_without_force(tmp_path, capsys):
     assert np.load(mine).shape == ids.shape
     assert main(["stats", str(tmp_path / "ids.npy"), "--json", str(report), "--force"]) == 0
     assert json.loads(report.read_text())["grains"] > 0
+
+
+def test_resume_refuses_another_backend_or_noise_stream(tmp_path):
+    """The backend (with its precision) and the noise stream fix a volume's arithmetic: a resume with
+    another one is a one-line refusal naming it; a canvas from before they were recorded resumes."""
+    import json
+
+    from gp_engine.canvas import Canvas
+
+    meta = {"plan_hash": "h", "seed": 0, "model": "m", "shape": [32, 32, 32], "batch_size": 1, "batches": 1,
+            "backend": "onnxruntime-cpu", "noise": "lowbias32-boxmuller-f64/1"}
+    Canvas.create(tmp_path, (32, 32, 32), meta)
+    Canvas.resume(tmp_path, dict(meta))
+    with pytest.raises(GPEngineError, match=r"backend: run has 'onnxruntime-cpu', now 'torch-cuda-bf16'.*--backend"):
+        Canvas.resume(tmp_path, {**meta, "backend": "torch-cuda-bf16"})
+    with pytest.raises(GPEngineError, match="noise"):
+        Canvas.resume(tmp_path, {**meta, "noise": "other/2"})
+    state_path = Canvas.path(tmp_path) / "state.json"
+    state = json.loads(state_path.read_text())
+    state["meta"] = {k: v for k, v in meta.items() if k not in ("backend", "noise")}  # an older canvas
+    state_path.write_text(json.dumps(state))
+    Canvas.resume(tmp_path, dict(meta))
+
+
+def test_generate_records_the_backend_and_refuses_to_resume_on_another(tmp_path, model):
+    out, plan = _interrupted(tmp_path, model, after=1)
+    state = json.loads((out / "canvas" / "state.json").read_text())
+    assert state["meta"]["backend"] == "onnxruntime-cpu" and state["meta"]["noise"]
+    from gp_engine.runtime import load_engine
+
+    other = load_engine(model, "onnxruntime", 2)
+    other.name = "torch-cuda-bf16"  # what a GPU machine's auto backend would be
+    with pytest.raises(GPEngineError, match="backend"):
+        generate(plan, resume=True, progress=False, engine=other)
+    generate(plan, resume=True, progress=False)  # the original backend finishes it

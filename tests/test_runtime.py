@@ -221,6 +221,8 @@ def test_cuda_graph_sampler_matches_cpu(model_dir, precision, atol):
     cpu = repaint.sample_batch(load_engine(model_dir, "onnxruntime", 4), x0, mask, ids, 5, setup)
     eng = TorchEngine(TinyTorch(), batch_size=4, device="cuda", precision=precision)
     a = eng.sample_batch(x0, mask, ids, 5, setup)
+    sampler = next(iter(eng._samplers.values()))
+    assert sampler.captured, f"no CUDA graph was captured: {sampler.capture_error}"
     b = eng.sample_batch(x0, mask, ids, 5, setup)      # graph replay is repeatable
     np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(a, cpu, atol=atol)

@@ -75,7 +75,8 @@ class TensorRTEngine:
             bufs.append((self.cond_name, self.cond))
         for name, buf in bufs:
             self.context.set_tensor_address(name, buf.data_ptr())
-        self.name = f"tensorrt-b{self.batch_size}"
+        prec = (manifest.get("tensorrt") or {}).get("precision") or "fp32"
+        self.name = f"tensorrt-{prec}-b{self.batch_size}"
 
     def predict_eps(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
         torch, b = self.torch, x.shape[0]

@@ -91,6 +91,12 @@ class TorchSampler:
         self.bad = torch.zeros(self.B, dtype=torch.bool, device=dev)
         self.use_graphs = (self.device.type == "cuda") if use_graphs is None else use_graphs
         self.graphs: dict[str, torch.cuda.CUDAGraph] = {}
+        self.capture_error: str | None = None
+
+    @property
+    def captured(self) -> bool:
+        """True once both step kinds run as CUDA graphs (GPU tests assert it)."""
+        return bool(self.graphs)
 
     # ---- the two step kinds (pure tensor code, capture-safe: no host syncs)
     def _noise(self, stream: int) -> torch.Tensor:
@@ -135,15 +141,20 @@ class TorchSampler:
         self.k.add_(1)
 
     # ---- graph capture
-    def _capture(self) -> None:
+    def _warm_up(self) -> None:
+        """Both step kinds run eagerly on a side stream (cuDNN autotune, allocator): outside the
+        capture, so out-of-memory and model errors surface here with their own message."""
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):  # warm up (cuDNN autotune, allocator) outside the graph
+        with torch.cuda.stream(s):
             self.i.fill_(1)
             for _ in range(2):
                 self.reverse_step()
                 self.forward_step()
         torch.cuda.current_stream().wait_stream(s)
+        torch.cuda.synchronize()
+
+    def _capture(self) -> None:
         for name, fn in (("reverse", self.reverse_step), ("forward", self.forward_step)):
             self.i.fill_(1)
             g = torch.cuda.CUDAGraph()
@@ -183,12 +194,16 @@ class TorchSampler:
             on_step=None) -> np.ndarray:
         """RePaint a batch; returns x [b, *block_shape] float32 with known voxels = x0 exactly."""
         if self.use_graphs and not self.graphs:
+            self._warm_up()
             try:
                 self._capture()
-            except RuntimeError as exc:  # a model op that cannot be captured: run eagerly
+            except RuntimeError as exc:  # an op that cannot be captured: run eagerly, say why
                 import warnings
 
-                warnings.warn(f"CUDA graph capture failed ({exc}); running the sampler eagerly")
+                cause = exc.__cause__ or exc.__context__
+                self.capture_error = f"{type(exc).__name__}: {exc}" + (f" (cause: {cause})" if cause else "")
+                warnings.warn(f"CUDA graph capture failed ({self.capture_error}); running the sampler eagerly "
+                              "(slower, same results)")
                 self.use_graphs, self.graphs = False, {}
                 torch.cuda.synchronize()
         b = self._load(x0, mask, block_ids, seed)
@@ -209,6 +224,16 @@ class TorchSampler:
         return x.reshape((b,) + self.shape)
 
 
+def configure_cuda(precision: str) -> None:
+    """cuDNN autotuning on (the block shapes are static), and "fp32" means IEEE fp32: TF32 (the CUDA
+    default for cuDNN convolutions, ~1e-3 relative rounding) is switched off for fp32 runs so that
+    they match the CPU within float32 rounding; bf16/fp16 runs use autocast as they say."""
+    torch.backends.cudnn.benchmark = True
+    tf32 = precision != "fp32"
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
 class TorchEngine:
     """Engine protocol on a torch module; ``sample_batch`` runs the graph-captured sampler."""
 
@@ -216,6 +241,8 @@ class TorchEngine:
                  precision: str = "fp32", block: int = 32):
         self.model = model.eval().to(device)
         self.batch_size, self.device, self.precision = int(batch_size), device, precision
+        if torch.device(device).type == "cuda":
+            configure_cuda(precision)
         self.block = block
         self.name = f"torch-{torch.device(device).type}-{precision}"
         self._samplers: dict[int, TorchSampler] = {}
