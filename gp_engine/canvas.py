@@ -288,18 +288,21 @@ class Canvas:
             raise GPEngineError(f"{state_path} was written by a newer gp-engine (state version "
                                 f"{state['version']}); upgrade gp-engine to resume it")
         old = dict(state["meta"])
-        # canvases from before the noise stream and backend were recorded: the stream was the first
-        # one, the backend unknown (accepted)
-        from .mixing import NOISE_STREAM
+        # canvases from before the noise stream and backend were recorded: painted with the first
+        # stream (refused now: mixing two streams in one volume), backend unknown (accepted)
+        from .noise import LEGACY_STREAM
 
         if "noise" in meta:
-            old.setdefault("noise", NOISE_STREAM)
+            old.setdefault("noise", LEGACY_STREAM)
         if "backend" in meta:
             old.setdefault("backend", meta["backend"])
         diff = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
         if diff:
             detail = "; ".join(f"{k}: run has {old.get(k)!r}, now {meta.get(k)!r}" for k in diff)
             hint = ""
+            if "noise" in diff:
+                hint = (f"; the canvas was painted with noise stream {old.get('noise')!r} and this gp-engine "
+                        f"draws {meta.get('noise')!r}: finish it with the gp-engine that started it")
             if "backend" in diff:
                 hint = (f"; the backend and precision fix the arithmetic of a volume: resume on the "
                         f"backend it started on ({old.get('backend')!r}, see --backend)")

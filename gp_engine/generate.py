@@ -411,7 +411,7 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
             backend_name = choose_backend(model_dir, manifest, backend or getattr(plan, "backend", None) or "auto", B)
             engine = load_engine(model_dir, backend_name, B)
         # the arithmetic of the volume: a resume on another backend/precision or noise stream is refused
-        from .mixing import NOISE_STREAM
+        from .noise import NOISE_STREAM
 
         meta.update(backend=str(getattr(engine, "name", type(engine).__name__)), noise=NOISE_STREAM)
         enc = manifest.get("encoding") or {}

@@ -6,10 +6,10 @@ step index ``i`` (0 … steps-1, and -1 meaning "done"). ``i_next == i_cur - 1``
 re-noising step (RePaint's "resampling"). Keeping it as data makes it testable (every move is ±1,
 it starts at the top and ends at -1) and lets every backend walk the same list.
 
-The sampler is a few short functions of (engine, x, schedule). All noise of a block is a pure
-function of (seed, block index, transition index, stream) — see :mod:`gp_engine.mixing` — so the
-result never depends on the batch size or on which blocks share a batch, and an interrupted run
-resumes to the same voxels.
+The sampler is a short function of (engine, x, schedule, noise). The step arithmetic is
+:mod:`gp_engine.mixing`; the default noise (:mod:`gp_engine.noise`) is a pure function of (seed, block
+index, transition index, stream), so the result never depends on the batch size or on which blocks
+share a batch, and an interrupted run resumes to the same voxels. Tests inject their own noise.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from . import mixing
+from .noise import CounterNoise
 from .diffusion import Schedule
 from .errors import GPEngineError
 
@@ -226,23 +227,22 @@ def make_setup(schedule: Schedule, sampler, clip_x0: bool = False, conditional: 
     return SamplerSetup(rs, schedule_from_sampler(sampler, schedule.T), clip_x0, bool(conditional), eta)
 
 
-def initial_noise(block_ids: np.ndarray, seed: int, n: int) -> np.ndarray:
-    """x_T for each block: standard normal noise keyed by (seed, block)."""
-    out = np.empty((len(block_ids), n), np.float32)
-    mixing.fill_normal(out, np.asarray(block_ids, np.int64), seed, INIT_COUNTER, STREAM_INIT)
-    return out
+#: noise(out [B, n] float32, block_ids, seed, counter, stream, where=None): fills ``out`` (at least
+#: where ``where`` is nonzero) with standard normals; :class:`gp_engine.noise.CounterNoise` by default
+NoiseSampler = Callable[..., None]
 
 
 def sample_batch(engine: EpsModel, x0: np.ndarray, mask: np.ndarray, block_ids: np.ndarray,
                  seed: int, setup: SamplerSetup,
-                 on_step: Callable[[int], None] | None = None) -> np.ndarray:
-    """Run the RePaint walk for a batch of blocks on the CPU; returns x [B, 1, s, s, s] float32.
+                 on_step: Callable[[int], None] | None = None,
+                 noise: NoiseSampler | None = None) -> np.ndarray:
+    """Run the walk for a batch of blocks on the CPU; returns x [B, C, s, s, s] float32.
 
     ``x0``: known values (anything where ``mask`` is 0), ``mask``: 1 where known. At most
-    ``engine.batch_size`` rows; the engine pads partial batches if it needs a fixed shape. Each
-    row's noise depends only on its block id, so grouping never changes a block. ``on_step(k)`` is
-    called after each network evaluation (progress). Raises GPEngineError on NaN/inf output,
-    naming the blocks.
+    ``engine.batch_size`` rows; the engine pads partial batches if it needs a fixed shape. With the
+    default ``noise`` each row's noise depends only on its block id, so grouping never changes a
+    block. ``on_step(k)`` is called after each network evaluation (progress). Raises GPEngineError on
+    NaN/inf output, naming the blocks.
     """
     b = B = x0.shape[0]
     if b > int(engine.batch_size):
@@ -254,7 +254,11 @@ def sample_batch(engine: EpsModel, x0: np.ndarray, mask: np.ndarray, block_ids: 
     mf = np.ascontiguousarray(mask, np.uint8).reshape(b, n)
     idf = ids
     c = setup.coefficients()
-    x = initial_noise(idf, seed, n)
+    noise = noise or CounterNoise()
+    x = np.empty((b, n), np.float32)
+    noise(x, idf, seed, INIT_COUNTER, STREAM_INIT)
+    z = np.empty((b, n), np.float32)
+    unknown = np.ascontiguousarray(1 - mf)
     t_in = np.empty(B, np.float32)
     cond = None
     if setup.conditional:  # the known values and mask, fixed for the whole walk
@@ -263,19 +267,22 @@ def sample_batch(engine: EpsModel, x0: np.ndarray, mask: np.ndarray, block_ids: 
         cond = make_cond(x0, mask)
     for k, (i, j) in enumerate(setup.transitions):
         if j < i:  # reverse step: mix known voxels, predict ε, posterior sample
-            mixing.mix_known(x, x0f, mf, c["sqrt_ab"][i], c["sqrt_1mab"][i], idf, seed, k, STREAM_MIX)
+            noise(z, idf, seed, k, STREAM_MIX, mf)
+            mixing.mix_known(x, x0f, mf, c["sqrt_ab"][i], c["sqrt_1mab"][i], z)
             t_in[:] = c["t_model"][i]
             xin = x.reshape((B,) + shape[1:])
             eps = engine.predict_eps(xin, t_in) if cond is None else engine.predict_eps(xin, t_in, cond)
             eps = np.ascontiguousarray(eps, dtype=np.float32).reshape(B, n)
             check_finite(eps[:b], ids, k, engine)
+            if c["sigma"][i] > 0:
+                noise(z, idf, seed, k, STREAM_STEP, unknown)
             mixing.posterior_step(x, eps, c["sqrt_ab"][i], c["sqrt_1mab"][i], c["c_x0"][i],
-                                  c["c_xt"][i], c["sigma"][i], setup.clip_x0, idf, seed, k,
-                                  STREAM_STEP, skip=mf)
+                                  c["c_xt"][i], c["sigma"][i], setup.clip_x0, z, skip=mf)
             if on_step is not None:
                 on_step(k)
         else:  # forward re-noise i -> i+1
-            mixing.renoise(x, c["sqrt_a"][j], c["sqrt_1ma"][j], idf, seed, k, STREAM_STEP, skip=mf)
+            noise(z, idf, seed, k, STREAM_STEP, unknown)
+            mixing.renoise(x, c["sqrt_a"][j], c["sqrt_1ma"][j], z, skip=mf)
     paste_known(x, x0f, mf)
     return x.reshape(shape)
 

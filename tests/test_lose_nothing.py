@@ -378,13 +378,16 @@ def test_segment_and_stats_refuse_to_overwrite_without_force(tmp_path, capsys):
 
 def test_resume_refuses_another_backend_or_noise_stream(tmp_path):
     """The backend (with its precision) and the noise stream fix a volume's arithmetic: a resume with
-    another one is a one-line refusal naming it; a canvas from before they were recorded resumes."""
+    another one is a one-line refusal naming it; a canvas from before they were recorded was painted
+    with the first noise stream and is refused too."""
     import json
 
     from gp_engine.canvas import Canvas
 
+    from gp_engine.noise import LEGACY_STREAM, NOISE_STREAM
+
     meta = {"plan_hash": "h", "seed": 0, "model": "m", "shape": [32, 32, 32], "batch_size": 1, "batches": 1,
-            "backend": "onnxruntime-cpu", "noise": "lowbias32-boxmuller-f64/1"}
+            "backend": "onnxruntime-cpu", "noise": NOISE_STREAM}
     Canvas.create(tmp_path, (32, 32, 32), meta)
     Canvas.resume(tmp_path, dict(meta))
     with pytest.raises(GPEngineError, match=r"backend: run has 'onnxruntime-cpu', now 'torch-cuda-bf16'.*--backend"):
@@ -393,9 +396,13 @@ def test_resume_refuses_another_backend_or_noise_stream(tmp_path):
         Canvas.resume(tmp_path, {**meta, "noise": "other/2"})
     state_path = Canvas.path(tmp_path) / "state.json"
     state = json.loads(state_path.read_text())
-    state["meta"] = {k: v for k, v in meta.items() if k not in ("backend", "noise")}  # an older canvas
+    state["meta"] = {k: v for k, v in meta.items() if k != "backend"}  # no backend recorded: accepted
     state_path.write_text(json.dumps(state))
     Canvas.resume(tmp_path, dict(meta))
+    state["meta"] = {k: v for k, v in meta.items() if k not in ("backend", "noise")}  # an older canvas
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(GPEngineError, match=f"noise stream '{LEGACY_STREAM}'"):
+        Canvas.resume(tmp_path, dict(meta))
 
 
 def test_generate_records_the_backend_and_refuses_to_resume_on_another(tmp_path, model):

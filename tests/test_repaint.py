@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from gp_engine import mixing, repaint
+from gp_engine import mixing, noise, repaint
 from gp_engine.diffusion import linear_schedule
 from gp_engine.errors import GPEngineError
 
@@ -80,7 +80,7 @@ def test_respacing_keeps_marginals():
 
 def test_counter_noise_is_standard_normal_and_keyed():
     out = np.empty((3, 32768), np.float32)
-    mixing.fill_normal(out, np.array([0, 1, 2]), seed=5, counter=7, stream=1)
+    noise.fill_normal(out, np.array([0, 1, 2]), seed=5, counter=7, stream=1)
     flat = out.ravel()
     assert abs(flat.mean()) < 0.02 and abs(flat.std() - 1) < 0.02
     kurt = np.mean(flat ** 4) / flat.var() ** 2
@@ -88,9 +88,9 @@ def test_counter_noise_is_standard_normal_and_keyed():
     assert abs(np.corrcoef(out[0], out[1])[0, 1]) < 0.03          # blocks independent
     assert abs(np.corrcoef(flat[:-1], flat[1:])[0, 1]) < 0.02     # voxels independent
     again = np.empty((1, 32768), np.float32)
-    mixing.fill_normal(again, np.array([1]), seed=5, counter=7, stream=1)
+    noise.fill_normal(again, np.array([1]), seed=5, counter=7, stream=1)
     np.testing.assert_array_equal(again[0], out[1])                  # pure function of keys
-    mixing.fill_normal(again, np.array([1]), seed=5, counter=8, stream=1)
+    noise.fill_normal(again, np.array([1]), seed=5, counter=8, stream=1)
     assert abs(np.corrcoef(again[0], out[1])[0, 1]) < 0.03           # next step differs
 
 
@@ -178,16 +178,81 @@ def test_posterior_and_renoise_skip_known_voxels_without_changing_the_others():
     rng = np.random.default_rng(3)
     x = rng.normal(size=(3, 4096)).astype(np.float32)
     eps = rng.normal(size=(3, 4096)).astype(np.float32)
+    z = rng.normal(size=(3, 4096)).astype(np.float32)
     skip = (rng.random((3, 4096)) < 0.5).astype(np.uint8)
-    ids = np.array([2, 5, 9])
     a, b = x.copy(), x.copy()
-    mixing.posterior_step(a, eps, 0.6, 0.8, 0.3, 0.7, 0.2, True, ids, 4, 7, 2)
-    mixing.posterior_step(b, eps, 0.6, 0.8, 0.3, 0.7, 0.2, True, ids, 4, 7, 2, skip=skip)
+    mixing.posterior_step(a, eps, 0.6, 0.8, 0.3, 0.7, 0.2, True, z)
+    mixing.posterior_step(b, eps, 0.6, 0.8, 0.3, 0.7, 0.2, True, z, skip=skip)
     keep = skip.astype(bool)
     np.testing.assert_array_equal(b[~keep], a[~keep])
     np.testing.assert_array_equal(b[keep], x[keep])
+    # the arithmetic itself, written out here: x̂0 = clip((x - 0.8 ε) / 0.6), y = 0.3 x̂0 + 0.7 x + 0.2 z
+    x0 = np.clip((x.astype(np.float64) - 0.8 * eps) / 0.6, -1, 1)
+    np.testing.assert_allclose(a, 0.3 * x0 + 0.7 * x + 0.2 * z, rtol=1e-6, atol=1e-6)
     a, b = x.copy(), x.copy()
-    mixing.renoise(a, 0.9, 0.4, ids, 4, 8, 2)
-    mixing.renoise(b, 0.9, 0.4, ids, 4, 8, 2, skip=skip)
+    mixing.renoise(a, 0.9, 0.4, z)
+    mixing.renoise(b, 0.9, 0.4, z, skip=skip)
     np.testing.assert_array_equal(b[~keep], a[~keep])
     np.testing.assert_array_equal(b[keep], x[keep])
+    np.testing.assert_allclose(a, 0.9 * x + 0.4 * z, rtol=1e-6, atol=1e-6)
+
+
+def test_noise_integers_are_identical_in_numpy_numba_and_torch():
+    """One noise definition, three implementations: the hashes agree bit for bit."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    pairs = rng.integers(0, 2**20, 5000).astype(np.uint64)
+    for seed, block, counter, stream in ((0, 0, 0, 0), (7, 123456, 2489, 2), (2**32 - 1, 2**31 + 5, 0xFFFFFF, 1)):
+        k1, k2 = noise.row_keys(np.array([block]), seed, counter, stream)
+        ref = noise.pair_hashes_np(pairs, int(k1[0]), int(k2[0]))
+        nb = noise.pair_hashes_numba(pairs, int(k1[0]), int(k2[0]))
+        tk1, tk2 = noise.row_keys_torch(torch.tensor([noise.seed_key(seed)]), torch.tensor([block]),
+                                        torch.tensor([counter]), stream)
+        assert (int(tk1), int(tk2)) == (int(k1[0]), int(k2[0]))
+        th = noise.pair_hashes_torch(torch.from_numpy(pairs.astype(np.int64)), tk1[0], tk2[0])
+        for r, n_, t_ in zip(ref, nb, th):
+            np.testing.assert_array_equal(n_, r)
+            np.testing.assert_array_equal(t_.numpy().astype(np.uint64), r)
+    # and the normals agree to float32 rounding
+    out = np.empty((2, 4096), np.float32)
+    noise.fill_normal(out, np.array([3, 4]), 9, 5, 2)
+    k1, k2 = noise.row_keys_torch(torch.tensor([noise.seed_key(9)]), torch.tensor([3, 4]), torch.tensor([5]), 2)
+    tz = noise.counter_normal_torch(k1, k2, torch.arange(2048)).numpy()
+    np.testing.assert_allclose(tz, out, rtol=1e-5, atol=1e-5)
+
+
+def test_fill_normal_where_computes_only_the_needed_pairs():
+    base = np.empty((2, 4096), np.float32)
+    noise.fill_normal(base, np.array([1, 2]), 3, 4, 1)
+    where = np.zeros((2, 4096), np.uint8)
+    where[:, 100:300] = 1
+    out = np.full((2, 4096), 7.0, np.float32)
+    noise.fill_normal(out, np.array([1, 2]), 3, 4, 1, where)
+    np.testing.assert_array_equal(out[:, 100:300], base[:, 100:300])
+    assert np.all(out[:, :100] == 7.0) and np.all(out[:, 300:] == 7.0)
+
+
+def test_sampler_noise_is_injectable():
+    """A recording noise sampler: the walk asks for the initial noise once, the mix noise only where
+    voxels are known and the step noise only where they are not, one call per transition."""
+    calls = []
+
+    def zeros(out, ids, seed, counter, stream, where=None):
+        calls.append((counter, stream, None if where is None else where.copy()))
+        out[...] = 0.0
+
+    setup = repaint.make_setup(linear_schedule(250), SimpleNamespace(steps=6, resample=1, jump=1, tail=2))
+    x0 = np.ones((2, 1, 32, 32, 32), np.float32)
+    mask = np.zeros_like(x0, np.uint8)
+    mask[:, :, :10] = 1
+    eng = GaussianOracle(linear_schedule(250), 0.0, 1.0, batch_size=2)
+    repaint.sample_batch(eng, x0, mask, np.array([0, 1]), 0, setup, noise=zeros)
+    assert calls[0][:2] == (repaint.INIT_COUNTER, repaint.STREAM_INIT) and calls[0][2] is None
+    m = mask.reshape(2, -1)
+    for counter, stream, where in calls[1:]:
+        want = m if stream == repaint.STREAM_MIX else 1 - m
+        np.testing.assert_array_equal(where, want)
+    n_rev = setup.evaluations
+    assert sum(1 for c in calls if c[1] == repaint.STREAM_MIX) == n_rev
+    # step noise: every reverse step but the last (σ = 0 at i = 0), plus every forward step
+    assert sum(1 for c in calls if c[1] == repaint.STREAM_STEP) == n_rev - 1 + (len(setup.transitions) - n_rev)

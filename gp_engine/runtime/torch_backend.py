@@ -5,9 +5,10 @@ kinds read their coefficients from device tables indexed by a device-side step i
 device-side transition counter, so each is captured once as a CUDA graph and the host loop only
 replays graphs (no per-kernel launches, no host→device copies, one sync per batch for the NaN flag).
 
-The noise is the same counter-based hash as :mod:`gp_engine.mixing`, computed with int64 tensor ops
-on the device: the torch and CPU samplers draw identical noise for identical (seed, block, step),
-which is what makes ``device="cpu"`` a meaningful test of this module's arithmetic.
+The step formulas are :mod:`gp_engine.mixing`'s and the noise is :mod:`gp_engine.noise`'s counter-based
+stream computed with int64 tensor ops on the device (the same integers as the CPU sampler's, normals
+to float32 rounding), which is what makes ``device="cpu"`` a meaningful test of this module's
+arithmetic.
 """
 
 from __future__ import annotations
@@ -17,48 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import mixing
+from .. import mixing, noise
 from ..errors import GPEngineError
 from ..repaint import INIT_COUNTER, STREAM_INIT, STREAM_MIX, STREAM_STEP, SamplerSetup
 
-M32 = 0xFFFFFFFF
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """(x·c) mod 2³² for 32-bit values held in int64, split in 16-bit halves so nothing overflows."""
-    lo, hi = c & 0xFFFF, c >> 16
-    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & M32
-
-
-def hash32(x: torch.Tensor) -> torch.Tensor:
-    """lowbias32 on int64 tensors (same function as mixing._h32)."""
-    x = x & M32
-    x = x ^ (x >> 16)
-    x = _mul32(x, mixing.C1)
-    x = x ^ (x >> 15)
-    x = _mul32(x, mixing.C2)
-    return x ^ (x >> 16)
-
-
-def row_keys(seed_key: torch.Tensor, block_ids: torch.Tensor, counter: torch.Tensor,
-             stream: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row keys [B, 1] from hash(seed) (scalar tensor), block ids [B], counter (scalar tensor)."""
-    k = hash32(seed_key ^ (block_ids & M32))  # [B]
-    k = hash32(k ^ (counter & M32))
-    k = hash32(k ^ stream)
-    k2 = hash32(k ^ mixing.GOLDEN)
-    return k[:, None], k2[:, None]
-
-
-def counter_normal(k1: torch.Tensor, k2: torch.Tensor, voxel: torch.Tensor) -> torch.Tensor:
-    """Standard normals [B, n] for voxels ``voxel`` (int64 [n]) under row keys (k1, k2)."""
-    a = 2 * voxel[None, :]
-    h1 = hash32(hash32(a ^ k1) ^ k2)
-    h2 = hash32(hash32((a + 1) ^ k1) ^ k2)
-    u1 = ((h1 >> 8).to(torch.float32) + 0.5) * (1.0 / 16777216.0)
-    u2 = (h2 >> 8).to(torch.float32) * (1.0 / 16777216.0)
-    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * np.pi) * u2)
+# the step formulas, defined once in gp_engine.mixing (numba); their Python originals work on tensors
+q_sample = mixing.q_sample.py_func
+x0_from_eps = mixing.x0_from_eps.py_func
+reverse_mean = mixing.reverse_mean.py_func
 
 
 class TorchSampler:
@@ -75,7 +44,9 @@ class TorchSampler:
         tab = {k: torch.tensor(v, dtype=torch.float32, device=dev)
                for k, v in setup.coefficients().items()}
         self.tab = tab
-        self.voxel = torch.arange(self.n, dtype=torch.int64, device=dev)
+        if self.n % 2:
+            raise GPEngineError(f"block of {self.n} values: the noise stream draws voxel pairs, need an even count")
+        self.pairs = torch.arange(self.n // 2, dtype=torch.int64, device=dev)
         self.x = torch.zeros(self.B, self.n, device=dev)
         self.x0 = torch.zeros(self.B, self.n, device=dev)
         self.mask = torch.zeros(self.B, self.n, dtype=torch.bool, device=dev)
@@ -100,8 +71,8 @@ class TorchSampler:
 
     # ---- the two step kinds (pure tensor code, capture-safe: no host syncs)
     def _noise(self, stream: int) -> torch.Tensor:
-        k1, k2 = row_keys(self.seed_key, self.ids, self.k, stream)
-        return counter_normal(k1, k2, self.voxel)
+        k1, k2 = noise.row_keys_torch(self.seed_key, self.ids, self.k, stream)
+        return noise.counter_normal_torch(k1, k2, self.pairs)
 
     def _eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         xin = x.view((self.B,) + self.shape)
@@ -120,14 +91,14 @@ class TorchSampler:
     def reverse_step(self) -> None:
         i = self.i
         sab, s1 = self._at("sqrt_ab", i), self._at("sqrt_1mab", i)
-        mixed = sab * self.x0 + s1 * self._noise(STREAM_MIX)
+        mixed = q_sample(self.x0, self._noise(STREAM_MIX), sab, s1)
         x = torch.where(self.mask, mixed, self.x)
         eps = self._eps(x, self._at("t_model", i).expand(self.B))
         self.bad |= ~torch.isfinite(eps).all(dim=1)
-        x0p = (x - s1 * eps) / sab
+        x0p = x0_from_eps(x, eps, sab, s1)
         if self.setup.clip_x0:
             x0p = x0p.clamp(-1.0, 1.0)
-        y = (self._at("c_x0", i) * x0p + self._at("c_xt", i) * x
+        y = (reverse_mean(x0p, x, self._at("c_x0", i), self._at("c_xt", i))
              + self._at("sigma", i) * self._noise(STREAM_STEP))
         self.x.copy_(y)
         self.i.sub_(1)
@@ -135,7 +106,7 @@ class TorchSampler:
 
     def forward_step(self) -> None:
         j = self.i + 1
-        y = self._at("sqrt_a", j) * self.x + self._at("sqrt_1ma", j) * self._noise(STREAM_STEP)
+        y = q_sample(self.x, self._noise(STREAM_STEP), self._at("sqrt_a", j), self._at("sqrt_1ma", j))
         self.x.copy_(y)
         self.i.add_(1)
         self.k.add_(1)
@@ -181,7 +152,7 @@ class TorchSampler:
             self.cond.copy_(torch.from_numpy(make_cond(x0p.reshape((self.B,) + self.shape),
                                                        mp.reshape((self.B,) + self.shape))))
         self.ids.copy_(torch.from_numpy(ids))
-        self.seed_key.fill_(int(mixing.hash32_np(np.uint64(int(seed) % (1 << 32)))))
+        self.seed_key.fill_(noise.seed_key(seed))
         self.k.fill_(INIT_COUNTER)
         self.x.copy_(self._noise(STREAM_INIT))
         self.k.fill_(0)
