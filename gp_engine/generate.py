@@ -329,6 +329,20 @@ def _model_hint(model) -> tuple[int, list[int] | None]:
     return _channels(manifest), (manifest.get("unet") or {}).get("channels")
 
 
+def model_kind_hint(model) -> str:
+    """``conditional`` / ``unconditional`` from the plan's model manifest when it is cheap to read
+    (a built folder or the default); ``unconditional`` otherwise (generate checks it properly)."""
+    from .conditional import model_kind
+    from .runtime import read_model
+
+    if model is not None and Path(model).suffix == ".pt":
+        return "unconditional"
+    try:
+        return model_kind(read_model(model)[1])
+    except GPEngineError:
+        return "unconditional"
+
+
 def _channels(manifest: dict) -> int:
     enc = manifest.get("encoding") or {}
     return int(enc.get("bits") or 1) if enc.get("kind") == "bits" else 1
@@ -390,10 +404,11 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
         block = int(manifest.get("block_size", 32))
         channels = _channels(manifest)
         preflight.check(plan, None, B, channels, (manifest.get("unet") or {}).get("channels"), where)
-        sp = sampler_params(plan.sampler)
         from .conditional import check_sampler_fits, model_kind
+        from .plan_config import resolve_sampler
 
         kind = model_kind(manifest)
+        sp = sampler_params(resolve_sampler(plan.sampler, kind, where))
         check_sampler_fits(kind, sp.preset or "paper", sp.resample, where)
         setup = repaint.make_setup(Schedule.from_dict(manifest["schedule"]), sp, clip_x0=sp.clip_x0,
                                    conditional=kind == "conditional")

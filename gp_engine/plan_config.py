@@ -17,7 +17,7 @@ import difflib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -51,7 +51,7 @@ MAX_SEED = 2**32 - 1  # the counter-based noise hashes the seed to 32 bits
 
 DEFAULTS: dict[str, Any] = {
     "model": None,
-    "sampler": {"preset": "paper"},
+    "sampler": {"preset": "auto"},
     "plan": {"kind": "grid"},
     "batch_size": 8,
     "backend": "auto",
@@ -112,6 +112,8 @@ class SamplerConfig:
     tail: int
     clip_x0: bool = True
     eta: float = 1.0   # 1 = DDPM posterior steps (RePaint needs it), 0 = deterministic DDIM
+    #: the fields the plan gave explicitly (an ``auto`` preset re-applies them once the model is known)
+    given: tuple = field(default=(), compare=False)
 
     @property
     def no_resample_tail(self) -> int:
@@ -172,7 +174,8 @@ class PlanConfig:
             "version": self.version,
             "geometry": self.geometry.to_dict(),
             "model": None if self.model is None else str(self.model),
-            "sampler": {
+            # an auto preset is written as given: it is resolved against the model at run time
+            "sampler": {"preset": "auto", **dict(self.sampler.given)} if self.sampler.preset == "auto" else {
                 "preset": self.sampler.preset,
                 "steps": self.sampler.steps,
                 "resample": self.sampler.resample,
@@ -344,9 +347,11 @@ def _sampler(where: str, value: Any) -> SamplerConfig:
     obj = _as_object(where, "sampler", value, example)
     _check_keys(where, "sampler", obj, ("preset", "steps", "resample", "jump", "no_resample_tail", "clip_x0",
                                         "eta"))
-    preset = _as_choice(where, "sampler.preset", obj.get("preset", "paper"),
-                        tuple(SAMPLER_PRESETS), '"sampler": {"preset": "fast"}')
-    s = dict(SAMPLER_PRESETS[preset])
+    preset = _as_choice(where, "sampler.preset", obj.get("preset", "auto"),
+                        ("auto",) + tuple(SAMPLER_PRESETS), '"sampler": {"preset": "fast"}')
+    # auto: `conditional` for a conditional model, `paper` otherwise (resolve_sampler, once the model
+    # is known); until then the fields read as the paper's
+    s = dict(SAMPLER_PRESETS["paper" if preset == "auto" else preset])
     if "steps" in obj:
         s["steps"] = _as_int(where, "sampler.steps", obj["steps"], 2, None,
                              '"sampler": {"steps": 50}', " (respaced reverse steps, ≤ the model's T)")
@@ -357,7 +362,7 @@ def _sampler(where: str, value: Any) -> SamplerConfig:
         s["jump"] = _as_int(where, "sampler.jump", obj["jump"], 1, None, '"sampler": {"jump": 1}')
     if "steps" in obj and "no_resample_tail" not in obj:
         # keep the preset's tail as the same fraction of the walk (paper: 25 of 250 steps)
-        preset_s = SAMPLER_PRESETS[preset]
+        preset_s = SAMPLER_PRESETS["paper" if preset == "auto" else preset]
         s["tail"] = min(s["steps"] - 1, round(preset_s["tail"] * s["steps"] / preset_s["steps"]))
     if "no_resample_tail" in obj:
         s["tail"] = _as_int(where, "sampler.no_resample_tail", obj["no_resample_tail"], 0, None,
@@ -382,8 +387,19 @@ def _sampler(where: str, value: Any) -> SamplerConfig:
     if preset != "conditional" and float(eta) != 1.0 and s["resample"]:
         raise _bad(where, "sampler.eta", eta, "must be 1 when RePaint resamples (its re-noising assumes DDPM steps)",
                    '"sampler": {"eta": 1.0}')
+    given = tuple((k, obj[k]) for k in ("steps", "resample", "jump", "no_resample_tail", "clip_x0", "eta") if k in obj)
     return SamplerConfig(preset, int(s["steps"]), int(s["resample"]), int(s["jump"]), int(s["tail"]), clip,
-                         float(eta))
+                         float(eta), given)
+
+
+def resolve_sampler(sampler: SamplerConfig, model_kind: str, where: str = "plan") -> SamplerConfig:
+    """The sampler a run uses: an ``auto`` preset becomes ``conditional`` for a conditional model and
+    ``paper`` for an unconditional one, with the plan's own fields applied on top; any other preset
+    is returned as it is (:func:`gp_engine.conditional.check_sampler_fits` then checks it fits)."""
+    if sampler.preset != "auto":
+        return sampler
+    preset = "conditional" if model_kind == "conditional" else "paper"
+    return _sampler(where, {"preset": preset, **dict(sampler.given)})
 
 
 def _segmentation(where: str, value: Any) -> SegmentationConfig:

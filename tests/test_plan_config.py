@@ -32,7 +32,7 @@ def test_minimal_plan_takes_documented_defaults(tmp_path):
     assert plan.model is None
     paper = SAMPLER_PRESETS["paper"]
     assert (plan.sampler.preset, plan.sampler.steps, plan.sampler.resample, plan.sampler.jump,
-            plan.sampler.tail) == ("paper", paper["steps"], paper["resample"], paper["jump"], paper["tail"])
+            plan.sampler.tail) == ("auto", paper["steps"], paper["resample"], paper["jump"], paper["tail"])
     assert plan.sampler.clip_x0 is True
     assert plan.plan_kind == "grid"
     assert plan.batch_size == DEFAULTS["batch_size"] and plan.backend == "auto" and plan.seed == 0
@@ -189,3 +189,17 @@ def test_plan_command_prints_cost_and_draws(tmp_path, capsys):
     bad.write_text(json.dumps(_with(batch_size=0)))
     assert main(["plan", str(bad)]) == 2
     assert "batch_size = 0" in capsys.readouterr().err
+
+
+def test_auto_sampler_preset_follows_the_model_kind():
+    from gp_engine.plan_config import resolve_sampler
+
+    plan = load_plan(_with(sampler={"steps": 100}))
+    assert plan.sampler.preset == "auto"
+    cond = resolve_sampler(plan.sampler, "conditional")
+    assert (cond.preset, cond.steps, cond.resample) == ("conditional", 100, 0)
+    unc = resolve_sampler(plan.sampler, "unconditional")
+    assert (unc.preset, unc.steps, unc.resample, unc.tail) == ("paper", 100, 10, 10)
+    assert resolve_sampler(load_plan(_with(sampler={"preset": "fast"})).sampler, "conditional").preset == "fast"
+    with pytest.raises(GPEngineError, match="sampler.resample"):  # checked once the model is known
+        resolve_sampler(load_plan(_with(sampler={"resample": 3})).sampler, "conditional")

@@ -47,7 +47,10 @@ def describe(plan, batch_size: int | None = None, list_blocks: bool = False) -> 
     plain = len(plan_blocks(plan.plan_kind, shape, BLOCK)) if any(periodic) else None
     bs = int(batch_size or plan.batch_size)
     batches = make_batches(blocks, bs)
-    s = plan.sampler
+    from ..generate import model_kind_hint
+    from ..plan_config import resolve_sampler
+
+    s = resolve_sampler(plan.sampler, model_kind_hint(plan.model), plan.source or "plan")
     per_block = evaluations_per_block(s.steps, s.resample, s.jump, s.tail)
     fresh = new_voxels([b.corner for b in blocks], BLOCK)
     counts = stage_counts(blocks)
@@ -79,6 +82,7 @@ def describe(plan, batch_size: int | None = None, list_blocks: bool = False) -> 
         f"plan kind: {plan.plan_kind}, block {BLOCK}³"
         + (f", periodic on {'xyz' if all(periodic) else ''.join(a for a, p in zip('xyz', periodic) if p)}: "
            f"{n:,} blocks vs {plain:,} for the non-periodic box ({n / max(plain, 1):.2f}x)" if plain else ""),
+        ("sampler preset auto -> " if plan.sampler.preset == "auto" else "") +
         (f"sampler: conditional (steps {s.steps}, no resampling, eta {s.eta:g}: "
          f"{'DDPM' if s.eta == 1 else 'DDIM' if s.eta == 0 else 'between DDPM and DDIM'}) -> {per_block:,} "
          "network evaluations per block (needs a conditional model)" if s.preset == "conditional" else
