@@ -37,6 +37,10 @@ class OnnxEngine:
         n = threads or int(os.environ.get("GP_ENGINE_THREADS", "0")) or (os.cpu_count() or 1)
         opts.intra_op_num_threads = n
         opts.inter_op_num_threads = 1
+        # one thread pool at a time: the sampler's numba kernels run between network calls, so the
+        # intra-op pool must not spin on the cores after a run (bench/results/ort_options.json: with
+        # another process on the 2 cores, 8.12 vs 7.91 block-evaluations/s, non-network share 7.2 vs 7.9 %)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
                 str(path), opts, providers=session_providers(ort.get_available_providers(), prefer_cuda))
