@@ -250,6 +250,17 @@ def main(argv=None) -> int:
     if "tests" not in skip:
         camp.stage("tests", tests_stage, need_s=240)
 
+    def speed_stage():  # bench/regress.py on this device: network per batch, sampler, segmentation
+        sys.path.insert(0, str(ROOT / "bench"))
+        import regress
+
+        rc = regress.main(["--smoke" if dry else "--quick", "--model", str(model_dir), "--out", str(out / "regress.json")])
+        return {"returncode": rc, **{k: v for k, v in json.loads((out / "regress.json").read_text()).items()
+                                     if k in ("figures", "gflop_per_block_eval", "device")}}
+
+    if "speed" not in skip:
+        camp.stage("speed", speed_stage, need_s=120)
+
     shape = [32] * 3 if dry else [100] * 3
     # dry run: a model trained for seconds paints noise; keep every fragment so the statistics exist
     seg = {"method": "levels", "min_size": 1} if dry else None

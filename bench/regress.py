@@ -42,6 +42,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from provenance import device, header  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "regress"
+#: H200 dense bf16 tensor-core peak (the issue's arithmetic floor), FLOP/s
+GPU_PEAK_BF16 = 790e12
 MIN_TOLERANCE = 0.05
 #: figures where larger is better (the others: smaller is better)
 HIGHER_IS_BETTER = ("block_evals_per_s", "voxels_per_s")
@@ -65,6 +67,29 @@ def _batch(b: int, channels: int, seed: int = 0):
     return x0, mask
 
 
+def flops_per_block(model_dir: Path) -> float | None:
+    """FLOPs of one block-evaluation of the model (torch's FlopCounterMode: 2 per multiply-add), or None
+    without torch or a model.pt."""
+    try:
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode
+
+        from gp_engine.checkpoint import load_model
+    except ImportError:
+        return None
+    if not (Path(model_dir) / "model.pt").is_file():
+        return None
+    model, ck = load_model(Path(model_dir) / "model.pt")
+    cfg = ck["config"]
+    x = torch.zeros(1, int(cfg.get("in_channels", 1)), 32, 32, 32)
+    args = [x, torch.zeros(1)]
+    if int(cfg.get("cond_channels", 0) or 0):
+        args.append(torch.zeros(1, int(cfg["cond_channels"]), 32, 32, 32))
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(*args)
+    return float(fc.get_total_flops())
+
+
 def time_network(model_dir, manifest, backend: str, b: int, rounds: int, calls: int) -> dict:
     from gp_engine.conditional import make_cond, model_kind
     from gp_engine.generate import _channels
@@ -86,7 +111,8 @@ def time_network(model_dir, manifest, backend: str, b: int, rounds: int, calls: 
             call()
             ts.append(time.perf_counter() - t0)
         per_round.append(1e3 * float(np.median(ts)) / b)
-    return {"label": f"network/{eng.name}/b{b}/{manifest.get('precision', 'fp32')}", "unit": "ms per block-evaluation",
+    prec = getattr(eng, "precision", None) or manifest.get("precision", "fp32")
+    return {"label": f"network/{eng.name}/b{b}/{prec}", "unit": "ms per block-evaluation",
             "value": float(np.median(per_round)), "rounds": per_round, "spread": spread(per_round),
             "engine": eng}
 
@@ -134,12 +160,12 @@ def time_sampler(eng, manifest, b: int, rounds: int, steps: int) -> list[dict]:
              "value": float(np.median(share)), "rounds": share, "spread": spread(share)}]
 
 
-def time_segment(rounds: int) -> list[dict]:
+def time_segment(rounds: int, side: int = 100) -> list[dict]:
     from gp_engine.segment import segment
 
     spins = np.load(ROOT / "gp_engine" / "data" / "potts_iso_100_seed1001.npz")["spins"]  # shipped sample
     levels = 10
-    field = (np.asarray(spins[:100, :100, :100], np.int64) % levels) * (2.0 / (levels - 1)) - 1.0
+    field = (np.asarray(spins[:side, :side, :side], np.int64) % levels) * (2.0 / (levels - 1)) - 1.0
     field = np.ascontiguousarray(field + np.random.default_rng(0).normal(0, 0.02, field.shape), np.float32)
     out = []
     for method, kw in (("levels", {"levels": levels}), ("dbscan", {})):
@@ -193,9 +219,11 @@ def main(argv=None) -> int:
     ap.add_argument("--model", help="model folder (default: the shipped model)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="3 rounds, fewer calls")
+    ap.add_argument("--smoke", action="store_true", help="seconds: 2 rounds, batch 1, small fields (CI dry runs)")
     ap.add_argument("--no-write", action="store_true", help="compare only; do not write the result")
+    ap.add_argument("--out", help="write the result here instead of bench/results/regress/<device>.json")
     a = ap.parse_args(argv)
-    rounds = 3 if a.quick else a.rounds
+    rounds = 2 if a.smoke else 3 if a.quick else a.rounds
     from gp_engine.runtime import read_model
 
     model_dir, manifest = read_model(a.model)
@@ -203,25 +231,34 @@ def main(argv=None) -> int:
     cuda = bool(dev.get("gpu"))
     backends = ["onnxruntime"] + (["torch-cuda"] if cuda else [])
     batches = [8, 64] if cuda else [1, 8]
+    if a.smoke:
+        batches = [1]
     figures = []
+    flops = flops_per_block(Path(model_dir))
     for backend in backends:
         for b in batches:
-            net = time_network(model_dir, manifest, backend, b, rounds, 3 if a.quick else 5)
+            net = time_network(model_dir, manifest, backend, b, rounds, 1 if a.smoke else 3 if a.quick else 5)
             eng = net.pop("engine")
+            if flops:  # achieved arithmetic rate, and on a GPU the share of the bf16 peak
+                net["gflop_per_s"] = flops / (net["value"] * 1e-3) / 1e9
+                if cuda:
+                    net["share_of_bf16_peak"] = net["gflop_per_s"] * 1e9 / GPU_PEAK_BF16
             figures.append(net)
-            print(f"{net['label']}: {net['value']:.2f} ms (spread {net['spread']:.0%})", flush=True)
+            print(f"{net['label']}: {net['value']:.2f} ms (spread {net['spread']:.0%})"
+                  + (f", {net['gflop_per_s']:.1f} GFLOP/s" if flops else ""), flush=True)
             if b == batches[-1]:
-                for f in time_sampler(eng, manifest, b, rounds, 5 if a.quick else 10):
+                for f in time_sampler(eng, manifest, b, rounds, 2 if a.smoke else 5 if a.quick else 10):
                     figures.append(f)
                     print(f"{f['label']}: {f['value']:.3g} {f['unit']} (spread {f['spread']:.0%})", flush=True)
-    for f in time_segment(rounds):
+    for f in time_segment(rounds, 48 if a.smoke else 100):
         figures.append(f)
         print(f"{f['label']}: {f['value']:.3g} {f['unit']} (spread {f['spread']:.0%})", flush=True)
     res = {**header("regress", cuda=cuda), "model": manifest.get("name"), "rounds": rounds,
+           "gflop_per_block_eval": flops / 1e9 if flops else None,
            "threads": {"GP_ENGINE_THREADS": os.environ.get("GP_ENGINE_THREADS"),
                        "NUMBA_NUM_THREADS": os.environ.get("NUMBA_NUM_THREADS")},
            "figures": figures}
-    path = RESULTS / f"{device_slug(dev)}.json"
+    path = RESULTS / f"{device_slug(dev)}{'-smoke' if a.smoke else ''}.json"
     cmp_rows = compare(figures, committed(path))
     res["comparison"] = cmp_rows
     for c in cmp_rows:
@@ -231,9 +268,10 @@ def main(argv=None) -> int:
     if not cmp_rows:
         print(f"no committed baseline for this device ({path.relative_to(ROOT)}): this run becomes it once committed")
     if not a.no_write:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(res, indent=1) + "\n")
-        print(f"wrote {path.relative_to(ROOT)}")
+        dest = Path(a.out) if a.out else path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(json.dumps(res, indent=1) + "\n")
+        print(f"wrote {dest}")
     return 1 if any(c["slowdown"] for c in cmp_rows) else 0
 
 

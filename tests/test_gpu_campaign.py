@@ -14,7 +14,8 @@ def test_gpu_campaign_dry_run(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     res = json.loads((tmp_path / "campaign.json").read_text())
     stages = res["stages"]
-    assert list(stages) == ["env", "train", "build", "tests", "quality", "paper"]
+    assert list(stages) == ["env", "train", "build", "tests", "speed", "quality", "paper"]
+    assert any(f["label"].startswith("network/") for f in stages["speed"]["figures"])
     assert all(s["status"] == "ok" for s in stages.values()), {k: s.get("error") for k, s in stages.items()}
     assert stages["env"]["modules"]["gp_engine"] != "missing"
     assert stages["train"]["steps"] >= 1 and (tmp_path / "gpu_tiny.pt").is_file()
