@@ -201,6 +201,24 @@ def test_torch_sampler_reports_nan_blocks(torch_one_thread):
         TorchEngine(NanNet(), 2, "cpu").sample_batch(x0, mask, np.array([7, 8]), 0, setup)
 
 
+def test_auto_prefers_the_whole_step_on_the_device(model_dir, tmp_path, monkeypatch):
+    """With a GPU, auto picks torch-cuda (model.pt present) over TensorRT plans; TensorRT only without
+    a checkpoint; without a GPU always onnxruntime."""
+    import gp_engine.runtime as rt
+
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    (tmp_path / "model.pt").write_bytes(b"x")
+    (tmp_path / "model_b4.plan").write_bytes(b"x")
+    m = {**manifest, "checkpoint": "model.pt", "tensorrt": {"plans": {"4": "model_b4.plan"}}}
+    monkeypatch.setattr(rt, "_cuda_available", lambda: True)
+    monkeypatch.setattr(rt.importlib.util, "find_spec", lambda name: object() if name == "tensorrt" else None)
+    assert choose_backend(tmp_path, m, "auto", 4) == "torch-cuda"
+    assert choose_backend(tmp_path, {**m, "checkpoint": None}, "auto", 4) == "tensorrt"
+    assert choose_backend(tmp_path, {**m, "checkpoint": None}, "auto", 8) == "onnxruntime"  # no plan for 8
+    monkeypatch.setattr(rt, "_cuda_available", lambda: False)
+    assert choose_backend(tmp_path, m, "auto", 4) == "onnxruntime"
+
+
 def test_tensorrt_plan_lookup_error():
     from gp_engine.runtime.tensorrt_backend import plan_for_batch
 

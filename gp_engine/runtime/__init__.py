@@ -10,8 +10,9 @@
   whole RePaint step itself (torch-cuda: one CUDA graph per step kind). Otherwise
   :func:`gp_engine.repaint.sample_batch` drives ``predict_eps`` with the numba CPU kernels.
 
-``auto`` picks tensorrt (module + plan files in the manifest), else torch-cuda (CUDA available and a
-``model.pt``), else onnxruntime.
+``auto`` picks torch-cuda (CUDA available and a ``model.pt``: the whole sampler step stays on the
+device, captured in CUDA graphs), else tensorrt (module + plan files in the manifest: the network on the
+GPU, the step arithmetic on the host, two transfers and a sync per step), else onnxruntime.
 """
 
 from __future__ import annotations
@@ -61,20 +62,22 @@ def choose_backend(model_dir: Path, manifest: dict, backend: str = "auto",
                    batch_size: int | None = None) -> str:
     """Resolve ``auto`` to a concrete backend name; validate explicit choices.
 
-    ``auto`` takes TensorRT only when a plan exists for ``batch_size`` (any plan if None).
+    ``auto``: torch-cuda first (the whole step on the device), TensorRT only without a torch
+    checkpoint and when a plan exists for ``batch_size`` (any plan if None), else onnxruntime.
     """
     if backend not in BACKENDS:
         raise GPEngineError(f"backend {backend!r} is unknown; use one of {', '.join(BACKENDS)}")
     if backend != "auto":
         return backend
+    if not _cuda_available():
+        return "onnxruntime"
+    if manifest.get("checkpoint") and (model_dir / manifest["checkpoint"]).is_file():
+        return "torch-cuda"
     trt = manifest.get("tensorrt") or {}
     plans = trt.get("plans") or {}
     has_plan = bool(plans) if batch_size is None else str(batch_size) in plans
-    if has_plan and importlib.util.find_spec("tensorrt") is not None and _cuda_available():
+    if has_plan and importlib.util.find_spec("tensorrt") is not None:
         return "tensorrt"
-    if manifest.get("checkpoint") and (model_dir / manifest["checkpoint"]).is_file() \
-            and _cuda_available():
-        return "torch-cuda"
     return "onnxruntime"
 
 
