@@ -90,12 +90,13 @@ def flops_per_block(model_dir: Path) -> float | None:
     return float(fc.get_total_flops())
 
 
-def time_network(model_dir, manifest, backend: str, b: int, rounds: int, calls: int) -> dict:
+def time_network(model_dir, manifest, backend: str, b: int, rounds: int, calls: int,
+                 precision: str | None = None) -> dict:
     from gp_engine.conditional import make_cond, model_kind
     from gp_engine.generate import _channels
     from gp_engine.runtime import load_engine
 
-    eng = load_engine(model_dir, backend, b)
+    eng = load_engine(model_dir, backend, b, precision=precision)
     ch = _channels(manifest)
     x0, mask = _batch(b, ch)
     x = np.random.default_rng(1).normal(size=x0.shape).astype(np.float32)
@@ -229,15 +230,17 @@ def main(argv=None) -> int:
     model_dir, manifest = read_model(a.model)
     dev = device()
     cuda = bool(dev.get("gpu"))
-    backends = ["onnxruntime"] + (["torch-cuda"] if cuda else [])
+    # (backend, precision): on a GPU the torch sampler in fp32 (TF32 off) and bf16
+    backends = [("onnxruntime", None)] + ([("torch-cuda", "fp32"), ("torch-cuda", "bf16")] if cuda else [])
     batches = [8, 64] if cuda else [1, 8]
     if a.smoke:
         batches = [1]
     figures = []
     flops = flops_per_block(Path(model_dir))
-    for backend in backends:
+    for backend, precision in backends:
         for b in batches:
-            net = time_network(model_dir, manifest, backend, b, rounds, 1 if a.smoke else 3 if a.quick else 5)
+            net = time_network(model_dir, manifest, backend, b, rounds, 1 if a.smoke else 3 if a.quick else 5,
+                               precision)
             eng = net.pop("engine")
             if flops:  # achieved arithmetic rate, and on a GPU the share of the bf16 peak
                 net["gflop_per_s"] = flops / (net["value"] * 1e-3) / 1e9

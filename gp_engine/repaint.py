@@ -187,6 +187,10 @@ def schedule_from_sampler(sampler, T: int) -> np.ndarray:
 
 
 class EpsModel(Protocol):
+    """What every backend provides (``gp_engine.runtime.Engine``): a fixed batch size, a name, and ε
+    for a batch at float model timesteps (conditional models also take the condition). A backend that
+    runs whole walks itself (torch-cuda) also has ``sample_batch``, with this module's signature."""
+
     batch_size: int
     name: str
 

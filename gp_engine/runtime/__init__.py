@@ -20,20 +20,15 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
-from typing import Protocol
-
-import numpy as np
 
 from ..errors import GPEngineError
+from ..repaint import EpsModel
 
 BACKENDS = ("auto", "onnxruntime", "torch-cuda", "tensorrt")
 
 
-class Engine(Protocol):
-    batch_size: int
-    name: str
-
-    def predict_eps(self, x: np.ndarray, t: np.ndarray) -> np.ndarray: ...
+#: what a backend provides: the sampler's protocol (one definition, in gp_engine.repaint)
+Engine = EpsModel
 
 
 def read_model(model_dir) -> tuple[Path, dict]:
