@@ -50,15 +50,17 @@ PLOT = ROOT / "bench" / "plots" / "conditional_kl_vs_evaluations.png"
 
 
 def sampler_for(setting: str) -> dict:
-    """The plan's sampler section for a setting name (fast, paper, condN, condN-etaE)."""
-    if setting in ("fast", "paper"):
-        return {"preset": setting}
-    m = re.fullmatch(r"cond(\d+)(?:-eta([0-9.]+))?", setting)
+    """The plan's sampler section for a setting name: fast, paper, condN, condN-etaE, each optionally
+    with -kK (x̂0 sharpening κ = K; default: the model's, gp_engine.generate.DEFAULT_SHARPEN for bits)."""
+    m = re.fullmatch(r"(fast|paper|cond(\d+))(?:-eta([0-9.]+))?(?:-k([0-9.]+))?", setting)
     if not m:
-        raise SystemExit(f"conditional_vs_repaint: setting {setting!r} is unknown; use fast, paper, condN or condN-etaE")
-    out = {"preset": "conditional", "steps": int(m.group(1))}
-    if m.group(2) is not None:
-        out["eta"] = float(m.group(2))
+        raise SystemExit(f"conditional_vs_repaint: setting {setting!r} is unknown; use fast, paper, condN, "
+                         "condN-etaE, with an optional -kK")
+    out = {"preset": m.group(1)} if m.group(2) is None else {"preset": "conditional", "steps": int(m.group(2))}
+    if m.group(3) is not None:
+        out["eta"] = float(m.group(3))
+    if m.group(4) is not None:
+        out["sharpen_x0"] = float(m.group(4))
     return out
 
 
@@ -125,6 +127,9 @@ def run_setting(setting: str, model: Path | None, shape, volumes: int, work: Pat
     return {
         "setting": setting, "sampler": sampler, "model": manifest["name"], "model_kind": manifest.get("model_kind", "unconditional"),
         "model_training": {k: (manifest.get("training") or {}).get(k) for k in ("steps", "samples_seen", "cpu_time_s", "init_from")},
+        # what the runs really used (runs from before the x̂0 sharpening existed record no sampler: κ = 0)
+        "sharpen_x0": (timings[0].get("sampler") or {}).get("sharpen_x0", 0.0),
+        "eta": (timings[0].get("sampler") or {}).get("eta", sampler.get("eta", 1.0)),
         "shape": list(shape), "volumes": volumes, "evaluations_per_block": timings[0]["evaluations_per_block"],
         "blocks": timings[0].get("blocks"), "voxels_per_min_mean": float(np.mean(vpm)) if vpm else None,
         "backend": timings[0].get("backend"), "threads": os.environ.get("GP_ENGINE_THREADS"),
@@ -145,16 +150,17 @@ def render_md(rows: list[dict], floor: dict | None) -> str:
              "the planes of the plan's block faces vs all other planes; SPPARKS: the same planes of the validation "
              "volumes cropped to the box (no seams there: their spread is the noise). vox/min: each run's own "
              "timing on the machine named (other work may have shared it).", "",
-             "| model | kind | setting | evals/block | box | KL volume | KL aspect | KL centroid | grains | median vol "
+             "| model | kind | setting | κ | evals/block | box | KL volume | KL aspect | KL centroid | grains | median vol "
              "| voxels in < 20 | seam density | interior density | SPPARKS seam / interior | crossing seam / interior "
              "| vox/min | device | date | commit |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s, sm, sp = r["summary"], r["seams"], r.get("spparks_seams") or {}
         box = f"{r['volumes']}×{'x'.join(map(str, r['shape']))}"
         spp = (f"{sp['seam_boundary_density']:.3f} / {sp['interior_boundary_density']:.3f}" if sp else "–")
         lines.append(
-            f"| {r['model']} | {r['model_kind']} | {r['setting']} | {r['evaluations_per_block']} | {box} | "
+            f"| {r['model']} | {r['model_kind']} | {r['setting']} | {r.get('sharpen_x0', 0.0):g} | "
+            f"{r['evaluations_per_block']} | {box} | "
             f"{s['kl_volume']:.3f} | {s['kl_aspect']:.3f} | {s['kl_centroid']:.3f} | {s['grains']} | "
             f"{s['median_volume']:.0f} | {100 * r['share_voxels_small_grains']:.1f} % | "
             f"{sm['seam_boundary_density']:.3f} | {sm['interior_boundary_density']:.3f} | {spp} | "

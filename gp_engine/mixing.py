@@ -10,7 +10,8 @@ A reverse step (RePaint / the conditional sampler):
 
 1. known voxels ← q_sample(x0, z, √ᾱ_i, √(1-ᾱ_i))                    (:func:`mix_known`)
 2. ε̂ = network(x, t_i[, condition])
-3. unknown voxels ← reverse_mean(x̂0, x, c_x0, c_xt) + σ_i·z, x̂0 = x0_from_eps(x, ε̂) (optionally clipped to [-1, 1])
+3. unknown voxels ← reverse_mean(x̂0, x, c_x0, c_xt) + σ_i·z, x̂0 = x0_from_eps(x, ε̂), projected:
+   clipped to [-1, 1], or sharpened to tanh(κ·x̂0) (analog bits: a bit commits to ±1, see ``sharpen``)
    (:func:`posterior_step`; coefficients from :meth:`gp_engine.repaint.RespacedSchedule.coefficients`)
 
 and a forward (re-noise) step: unknown voxels ← q_sample(x, z, √α, √(1-α)) (:func:`renoise`). Known
@@ -18,6 +19,8 @@ voxels are skipped by steps 3 and the re-noise: the next mix or the final paste 
 """
 
 from __future__ import annotations
+
+import math
 
 import numba
 import numpy as np
@@ -36,6 +39,12 @@ def q_sample(x0, z, a, s):
 def x0_from_eps(xt, eps, sqrt_ab, sqrt_1mab):
     """x̂0 = (x_t - √(1-ᾱ)·ε̂) / √ᾱ."""
     return (xt - sqrt_1mab * eps) / sqrt_ab
+
+
+@numba.njit(inline="always", cache=True)
+def sharpen_x0(x0, kappa):
+    """tanh(κ·x̂0): pulls an analog bit's estimate to ±1 (κ = 0 is not used: the caller clips instead)."""
+    return math.tanh(kappa * x0)
 
 
 @numba.njit(inline="always", cache=True)
@@ -58,7 +67,7 @@ def _mix_known(x, x0, mask, a, s, z):
 
 
 @numba.njit(parallel=True, cache=True)
-def _posterior(x, eps, sab, s1mab, c_x0, c_xt, sigma, clip, z, skip):
+def _posterior(x, eps, sab, s1mab, c_x0, c_xt, sigma, clip, sharpen, z, skip):
     B, n = x.shape
     for f in numba.prange(B * n):
         r = f // n
@@ -67,7 +76,9 @@ def _posterior(x, eps, sab, s1mab, c_x0, c_xt, sigma, clip, z, skip):
             continue
         xt = np.float64(x[r, v])
         x0 = x0_from_eps(xt, np.float64(eps[r, v]), sab, s1mab)
-        if clip:
+        if sharpen > 0.0:
+            x0 = sharpen_x0(x0, sharpen)
+        elif clip:
             x0 = min(1.0, max(-1.0, x0))
         y = reverse_mean(x0, xt, c_x0, c_xt)
         if sigma > 0.0:
@@ -101,15 +112,17 @@ def mix_known(x: np.ndarray, x0: np.ndarray, mask: np.ndarray, sqrt_ab: float, s
 
 
 def posterior_step(x: np.ndarray, eps: np.ndarray, sqrt_ab: float, sqrt_1mab: float, c_x0: float,
-                   c_xt: float, sigma: float, clip: bool, z: np.ndarray, skip: np.ndarray | None = None) -> None:
-    """x ← c_x0·x̂0 + c_xt·x + σ·z with x̂0 = (x - √(1-ᾱ)·ε)/√ᾱ (optionally clipped). In place.
+                   c_xt: float, sigma: float, clip: bool, z: np.ndarray, skip: np.ndarray | None = None,
+                   sharpen: float = 0.0) -> None:
+    """x ← c_x0·x̂0 + c_xt·x + σ·z with x̂0 = (x - √(1-ᾱ)·ε)/√ᾱ, sharpened to tanh(κ·x̂0) when
+    ``sharpen`` = κ > 0, else optionally clipped to [-1, 1]. In place.
 
     ``skip`` [B, n] (1 = leave the voxel as it is): the sampler passes the known mask, whose voxels
     the next mix or the final paste overwrites, so their arithmetic is not spent. The other voxels
     get exactly the values they would get without it.
     """
     _posterior(x, eps, float(sqrt_ab), float(sqrt_1mab), float(c_x0), float(c_xt), float(sigma),
-               bool(clip), z, _skip_mask(x, skip))
+               bool(clip), float(sharpen), z, _skip_mask(x, skip))
 
 
 def renoise(x: np.ndarray, sqrt_a: float, sqrt_1ma: float, z: np.ndarray, skip: np.ndarray | None = None) -> None:
@@ -117,4 +130,4 @@ def renoise(x: np.ndarray, sqrt_a: float, sqrt_1ma: float, z: np.ndarray, skip: 
     _renoise(x, float(sqrt_a), float(sqrt_1ma), z, _skip_mask(x, skip))
 
 
-__all__ = ["q_sample", "x0_from_eps", "reverse_mean", "mix_known", "posterior_step", "renoise"]
+__all__ = ["q_sample", "x0_from_eps", "sharpen_x0", "reverse_mean", "mix_known", "posterior_step", "renoise"]

@@ -112,6 +112,8 @@ class SamplerConfig:
     tail: int
     clip_x0: bool = True
     eta: float = 1.0   # 1 = DDPM posterior steps (RePaint needs it), 0 = deterministic DDIM
+    #: κ of the x̂0 projection tanh(κ·x̂0); None: the model's default (DEFAULT_SHARPEN for analog bits, else 0 = clip)
+    sharpen_x0: float | None = None
     #: the fields the plan gave explicitly (an ``auto`` preset re-applies them once the model is known)
     given: tuple = field(default=(), compare=False)
 
@@ -183,6 +185,7 @@ class PlanConfig:
                 "no_resample_tail": self.sampler.tail,
                 "clip_x0": self.sampler.clip_x0,
                 "eta": self.sampler.eta,
+                "sharpen_x0": self.sampler.sharpen_x0,
             },
             "plan": {"kind": self.plan_kind},
             "batch_size": self.batch_size,
@@ -346,7 +349,7 @@ def _sampler(where: str, value: Any) -> SamplerConfig:
     example = '"sampler": {"preset": "paper", "resample": 10}'
     obj = _as_object(where, "sampler", value, example)
     _check_keys(where, "sampler", obj, ("preset", "steps", "resample", "jump", "no_resample_tail", "clip_x0",
-                                        "eta"))
+                                        "eta", "sharpen_x0"))
     preset = _as_choice(where, "sampler.preset", obj.get("preset", "auto"),
                         ("auto",) + tuple(SAMPLER_PRESETS), '"sampler": {"preset": "fast"}')
     # auto: `conditional` for a conditional model, `paper` otherwise (resolve_sampler, once the model
@@ -387,9 +390,15 @@ def _sampler(where: str, value: Any) -> SamplerConfig:
     if preset != "conditional" and float(eta) != 1.0 and s["resample"]:
         raise _bad(where, "sampler.eta", eta, "must be 1 when RePaint resamples (its re-noising assumes DDPM steps)",
                    '"sampler": {"eta": 1.0}')
-    given = tuple((k, obj[k]) for k in ("steps", "resample", "jump", "no_resample_tail", "clip_x0", "eta") if k in obj)
+    sharpen = obj.get("sharpen_x0")
+    if sharpen is not None and (isinstance(sharpen, bool) or not isinstance(sharpen, (int, float))
+                                or not 0.0 <= float(sharpen) <= 100.0):
+        raise _bad(where, "sampler.sharpen_x0", sharpen, "must be null (the model's default) or a number from 0 "
+                   "(off: clip) to 100", '"sampler": {"sharpen_x0": 4}')
+    given = tuple((k, obj[k]) for k in ("steps", "resample", "jump", "no_resample_tail", "clip_x0", "eta",
+                                        "sharpen_x0") if k in obj)
     return SamplerConfig(preset, int(s["steps"]), int(s["resample"]), int(s["jump"]), int(s["tail"]), clip,
-                         float(eta), given)
+                         float(eta), None if sharpen is None else float(sharpen), given)
 
 
 def resolve_sampler(sampler: SamplerConfig, model_kind: str, where: str = "plan") -> SamplerConfig:

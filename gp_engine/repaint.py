@@ -211,6 +211,7 @@ class SamplerSetup:
     clip_x0: bool = False  # clip x̂_0 to [-1, 1] (optional: the encoded fields live in [-1, 1])
     conditional: bool = False
     eta: float = 1.0
+    sharpen: float = 0.0   # κ > 0: x̂_0 ← tanh(κ·x̂_0) instead of the clip (analog bits commit to ±1)
 
     @property
     def evaluations(self) -> int:
@@ -225,10 +226,13 @@ def make_setup(schedule: Schedule, sampler, clip_x0: bool = False, conditional: 
     if present, picks DDPM (1) … DDIM (0) steps)."""
     rs = respace(schedule, int(sampler.steps))
     eta = float(getattr(sampler, "eta", 1.0) if getattr(sampler, "eta", None) is not None else 1.0)
+    sharpen = float(getattr(sampler, "sharpen", 0.0) or 0.0)
+    if sharpen < 0 or not np.isfinite(sharpen):
+        raise GPEngineError(f"sampler.sharpen_x0 = {sharpen} must be a finite number ≥ 0 (0 = off)")
     rs.coefficients(eta)  # validates η once, here
     if conditional and int(sampler.resample):
         raise GPEngineError(f"sampler.resample = {sampler.resample}: a conditional model never resamples; use 0")
-    return SamplerSetup(rs, schedule_from_sampler(sampler, schedule.T), clip_x0, bool(conditional), eta)
+    return SamplerSetup(rs, schedule_from_sampler(sampler, schedule.T), clip_x0, bool(conditional), eta, sharpen)
 
 
 #: noise(out [B, n] float32, block_ids, seed, counter, stream, where=None): fills ``out`` (at least
@@ -281,7 +285,8 @@ def sample_batch(engine: EpsModel, x0: np.ndarray, mask: np.ndarray, block_ids: 
             if c["sigma"][i] > 0:
                 noise(z, idf, seed, k, STREAM_STEP, unknown)
             mixing.posterior_step(x, eps, c["sqrt_ab"][i], c["sqrt_1mab"][i], c["c_x0"][i],
-                                  c["c_xt"][i], c["sigma"][i], setup.clip_x0, z, skip=mf)
+                                  c["c_xt"][i], c["sigma"][i], setup.clip_x0, z, skip=mf,
+                                  sharpen=setup.sharpen)
             if on_step is not None:
                 on_step(k)
         else:  # forward re-noise i -> i+1

@@ -96,7 +96,9 @@ class TorchSampler:
         eps = self._eps(x, self._at("t_model", i).expand(self.B))
         self.bad |= ~torch.isfinite(eps).all(dim=1)
         x0p = x0_from_eps(x, eps, sab, s1)
-        if self.setup.clip_x0:
+        if self.setup.sharpen > 0:
+            x0p = torch.tanh(self.setup.sharpen * x0p)
+        elif self.setup.clip_x0:
             x0p = x0p.clamp(-1.0, 1.0)
         y = (reverse_mean(x0p, x, self._at("c_x0", i), self._at("c_xt", i))
              + self._at("sigma", i) * self._noise(STREAM_STEP))
