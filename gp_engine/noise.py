@@ -177,7 +177,7 @@ def hash32_torch(x):
     return x ^ (x >> 16)
 
 
-def row_keys_torch(seed_key_t, block_ids, counter, stream: int):
+def row_keys_torch(seed_key_t, block_ids, counter, stream):
     """Per-row keys [B, 1] from hash(seed) (tensor), block ids [B], counter (tensor): device side, so a
     captured CUDA graph advances the counter without the host."""
     k = hash32_torch(seed_key_t ^ (block_ids & 0xFFFFFFFF))

@@ -266,3 +266,20 @@ def test_shipped_model_torch_vs_onnxruntime(torch_one_thread):
     a = teng.sample_batch(x0, mask, ids, 0, setup)
     b = repaint.sample_batch(oeng, x0, mask, ids, 0, setup)
     np.testing.assert_allclose(a, b, atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (Inductor takes minutes on a CPU)")
+def test_compiled_noise_equals_the_eager_noise():
+    """torch.compile fuses the noise ops (the default on CUDA): the same walk as the eager ops."""
+    from gp_engine.runtime.torch_backend import TorchSampler
+
+    setup = repaint.make_setup(linear_schedule(250), SimpleNamespace(steps=3, resample=1, jump=1, tail=0))
+    x0, mask = random_batch(2)
+    ids = np.array([3, 8])
+    eager = TorchSampler(TinyTorch(), setup, 2, device="cuda", compile_noise=False, use_graphs=False).run(
+        x0, mask, ids, 4)
+    fused = TorchSampler(TinyTorch(), setup, 2, device="cuda", compile_noise=True)
+    out = fused.run(x0, mask, ids, 4)
+    assert fused.noise_compile_error is None, fused.noise_compile_error
+    np.testing.assert_allclose(out, eager, rtol=0, atol=1e-5)

@@ -30,12 +30,18 @@ x0_from_eps = mixing.x0_from_eps.py_func
 reverse_mean = mixing.reverse_mean.py_func
 
 
+def _noise_block(seed_key, ids, k, pairs, stream):
+    """The batch's normals [B, 2·len(pairs)] for transition counter ``k`` and ``stream``."""
+    k1, k2 = noise.row_keys_torch(seed_key, ids, k, stream)
+    return noise.counter_normal_torch(k1, k2, pairs)
+
+
 class TorchSampler:
     """Static-shape RePaint sampler for one (model, setup, batch size); CUDA graphs on CUDA."""
 
     def __init__(self, model: torch.nn.Module, setup: SamplerSetup, batch_size: int,
                  block_shape: tuple[int, ...] = (1, 32, 32, 32), device: str = "cuda",
-                 precision: str = "fp32", use_graphs: bool | None = None):
+                 precision: str = "fp32", use_graphs: bool | None = None, compile_noise: bool | None = None):
         self.model, self.setup, self.B = model, setup, int(batch_size)
         self.shape, self.device = tuple(block_shape), torch.device(device)
         self.dtype = DTYPES[precision]
@@ -63,6 +69,17 @@ class TorchSampler:
         self.use_graphs = (self.device.type == "cuda") if use_graphs is None else use_graphs
         self.graphs: dict[str, torch.cuda.CUDAGraph] = {}
         self.capture_error: str | None = None
+        # the counter noise is ~180 small integer ops; torch.compile fuses them into one kernel (on
+        # CUDA by default). Compiled at the first (eager, warm-up) call, never inside a capture; a
+        # failed compile falls back to the eager ops and says why (noise_compile_error).
+        self.compile_noise = (self.device.type == "cuda") if compile_noise is None else bool(compile_noise)
+        self._noise_fn = _noise_block
+        self.noise_compile_error: str | None = None
+        if self.compile_noise:
+            self._noise_fn = torch.compile(_noise_block, dynamic=False, fullgraph=True)
+        # streams as device tensors: one compiled noise function serves all three
+        self._streams = {st: torch.tensor([st], dtype=torch.int64, device=dev)
+                         for st in (STREAM_INIT, STREAM_MIX, STREAM_STEP)}
 
     @property
     def captured(self) -> bool:
@@ -71,8 +88,17 @@ class TorchSampler:
 
     # ---- the two step kinds (pure tensor code, capture-safe: no host syncs)
     def _noise(self, stream: int) -> torch.Tensor:
-        k1, k2 = noise.row_keys_torch(self.seed_key, self.ids, self.k, stream)
-        return noise.counter_normal_torch(k1, k2, self.pairs)
+        try:
+            return self._noise_fn(self.seed_key, self.ids, self.k, self.pairs, self._streams[stream])
+        except Exception as exc:  # Inductor/Triton unavailable or failing: the same numbers, eagerly
+            if self._noise_fn is _noise_block:
+                raise
+            import warnings
+
+            self.noise_compile_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            warnings.warn(f"torch.compile of the sampler noise failed ({self.noise_compile_error}); eager noise ops")
+            self._noise_fn = _noise_block
+            return _noise_block(self.seed_key, self.ids, self.k, self.pairs, self._streams[stream])
 
     def _eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         xin = x.view((self.B,) + self.shape)
