@@ -228,7 +228,6 @@ def main(argv=None) -> int:
     if fpath.is_file():
         comps = [c for c in json.loads(fpath.read_text())["comparisons"] if c["comparison"].startswith("val 1019-1023")]
         floor = {k: float(np.mean([c[k] for c in comps])) for k in KEYS} if comps else None
-    rows = json.loads(ROWS_JSON.read_text()) if ROWS_JSON.is_file() else []
     for setting in a.settings:
         t0 = time.time()
         model = cond_dir if setting.startswith("cond") else (Path(a.unconditional) if a.unconditional else None)
@@ -242,7 +241,8 @@ def main(argv=None) -> int:
         print(f"{setting}: {row['evaluations_per_block']} evals/block, KL {s['kl_volume']:.3f} / {s['kl_aspect']:.3f} / "
               f"{s['kl_centroid']:.3f}, median {s['median_volume']:.0f}, seams {row['seams']['seam_boundary_density']:.3f}"
               f" vs {row['seams']['interior_boundary_density']:.3f}", flush=True)
-        if not a.no_row:
+        if not a.no_row:  # read the rows just before writing: another run may have added some meanwhile
+            rows = json.loads(ROWS_JSON.read_text()) if ROWS_JSON.is_file() else []
             key = (row["model"], row["setting"], tuple(row["shape"]), row["volumes"])
             rows = [r for r in rows if (r["model"], r["setting"], tuple(r["shape"]), r["volumes"]) != key] + [row]
             RESULTS.mkdir(parents=True, exist_ok=True)
