@@ -271,6 +271,10 @@ def test_generate_refuses_a_preset_that_does_not_fit_the_model(cond_run, tmp_pat
     assert res["timing"]["evaluations_per_block"] == 4
     ids = np.load(tmp_path / "o2" / "grains.npy")
     assert ids.shape == (36, 36, 36) and ids.min() >= 1
+    import json
+
+    used = json.loads((tmp_path / "o2" / "stats.json").read_text())["timing"]["sampler"]
+    assert used["conditional"] and used["sharpen_x0"] == 4.0  # a bits model: sharpened by default
     # and the shipped (unconditional) default refuses the conditional preset
     plan["model"] = None
     plan["outputs"]["dir"] = str(tmp_path / "o3")
