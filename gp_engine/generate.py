@@ -426,7 +426,8 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
         check_sampler_fits(kind, sp.preset or "paper", sp.resample, where)
         sp.sharpen = sharpen_for((manifest.get("encoding") or {}).get("kind"), sp.sharpen)
         setup = repaint.make_setup(Schedule.from_dict(manifest["schedule"]), sp, clip_x0=sp.clip_x0,
-                                   conditional=kind == "conditional")
+                                   conditional=kind == "conditional",
+                                   known_clean=(manifest.get("objective") or {}).get("known_in_xt") == "clean")
         if block != 32:
             raise GPEngineError(f"{model_dir}: block_size {block} is not supported (only 32)")
         blocks = plan_blocks(getattr(plan, "plan_kind", "grid"), shape, block, mask, periodic)

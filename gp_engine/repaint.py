@@ -212,6 +212,7 @@ class SamplerSetup:
     conditional: bool = False
     eta: float = 1.0
     sharpen: float = 0.0   # κ > 0: x̂_0 ← tanh(κ·x̂_0) instead of the clip (analog bits commit to ±1)
+    known_clean: bool = False  # conditional models trained with clean known voxels in x_t (TD-Paint)
 
     @property
     def evaluations(self) -> int:
@@ -221,7 +222,8 @@ class SamplerSetup:
         return self.respaced.coefficients(self.eta)
 
 
-def make_setup(schedule: Schedule, sampler, clip_x0: bool = False, conditional: bool = False) -> SamplerSetup:
+def make_setup(schedule: Schedule, sampler, clip_x0: bool = False, conditional: bool = False,
+               known_clean: bool = False) -> SamplerSetup:
     """Respace the model schedule and build the walk for a plan's sampler settings (``sampler.eta``,
     if present, picks DDPM (1) … DDIM (0) steps)."""
     rs = respace(schedule, int(sampler.steps))
@@ -232,7 +234,10 @@ def make_setup(schedule: Schedule, sampler, clip_x0: bool = False, conditional: 
     rs.coefficients(eta)  # validates η once, here
     if conditional and int(sampler.resample):
         raise GPEngineError(f"sampler.resample = {sampler.resample}: a conditional model never resamples; use 0")
-    return SamplerSetup(rs, schedule_from_sampler(sampler, schedule.T), clip_x0, bool(conditional), eta, sharpen)
+    if known_clean and not conditional:
+        raise GPEngineError("clean known voxels in x_t are a conditional model's convention")
+    return SamplerSetup(rs, schedule_from_sampler(sampler, schedule.T), clip_x0, bool(conditional), eta, sharpen,
+                        bool(known_clean))
 
 
 #: noise(out [B, n] float32, block_ids, seed, counter, stream, where=None): fills ``out`` (at least
@@ -275,8 +280,11 @@ def sample_batch(engine: EpsModel, x0: np.ndarray, mask: np.ndarray, block_ids: 
         cond = make_cond(x0, mask)
     for k, (i, j) in enumerate(setup.transitions):
         if j < i:  # reverse step: mix known voxels, predict ε, posterior sample
-            noise(z, idf, seed, k, STREAM_MIX, mf)
-            mixing.mix_known(x, x0f, mf, c["sqrt_ab"][i], c["sqrt_1mab"][i], z)
+            if setup.known_clean:  # the model was trained with the known voxels clean (t = 0)
+                paste_known(x, x0f, mf)
+            else:
+                noise(z, idf, seed, k, STREAM_MIX, mf)
+                mixing.mix_known(x, x0f, mf, c["sqrt_ab"][i], c["sqrt_1mab"][i], z)
             t_in[:] = c["t_model"][i]
             xin = x.reshape((B,) + shape[1:])
             eps = engine.predict_eps(xin, t_in) if cond is None else engine.predict_eps(xin, t_in, cond)

@@ -73,6 +73,7 @@ class TrainOptions:
     threads: int | None = None
     progress: bool = True
     conditional: bool = False          # outpainting model: known values + mask as extra input channels
+    known_input: str | None = None     # conditional: known voxels in x_t "clean" (TD-Paint, default) or "noisy"
     init_from: str | None = None       # start from this checkpoint's EMA weights (widened if conditional)
 
 
@@ -103,7 +104,8 @@ AUX_CE_SCALE = 4.0
 def diffusion_loss(model: torch.nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
                    sqrt_ab: torch.Tensor, sqrt_1mab: torch.Tensor, kind: str = "mse", target: str = "eps",
                    weighting: str = "uniform", gamma: float = DEFAULT_GAMMA,
-                   return_common: bool = False, aux_ce: float = 0.0, known: torch.Tensor | None = None):
+                   return_common: bool = False, aux_ce: float = 0.0, known: torch.Tensor | None = None,
+                   known_clean: bool = False):
     """Loss at timesteps ``t``: x_t = √ᾱ x0 + √(1-ᾱ) ε, per-sample loss(model(x_t, t), target) × weight.
 
     ``return_common`` also returns a figure comparable across targets and weightings: the error of the
@@ -117,11 +119,14 @@ def diffusion_loss(model: torch.nn.Module, x0: torch.Tensor, t: torch.Tensor, no
 
     ``known`` [B, 1, ...] (1 = known voxel; conditional models, :mod:`gp_engine.conditional`): the
     network also gets the condition (known values and mask) and every loss is averaged over the
-    unknown voxels only.
+    unknown voxels only; ``known_clean``: the known voxels of x_t hold their clean values (TD-Paint's
+    timestep 0 for known voxels) instead of noisy ones.
     """
     a, s = sqrt_ab[t], sqrt_1mab[t]
     shape = (-1,) + (1,) * (x0.dim() - 1)
     xt = a.view(shape) * x0 + s.view(shape) * noise
+    if known is not None and known_clean:
+        xt = torch.where(known[:, :1] > 0, x0, xt)
     if known is None:
         pred = model(xt, t.float()).float()
         unknown = None
@@ -374,15 +379,23 @@ def train(opts: TrainOptions) -> dict:
         if int(objective.get("crop", 32)) != 32:
             raise GPEngineError("--conditional trains on 32³ blocks (the planner's masks are 32³); drop --crop")
         config = {**config, "cond_channels": cond_channels(int(config.get("in_channels", 1)))}
+        objective["known_in_xt"] = opts.known_input or "clean"
     if resumed is None and opts.init_from:
         init_state, init_base = _init_weights(opts.init_from, config)
     conditional = int(config.get("cond_channels", 0) or 0) > 0
     objective["known_mask_loss"] = "unknown voxels only" if conditional else None
+    if conditional:  # checkpoints from before the choice existed fed noisy known voxels
+        objective.setdefault("known_in_xt", "noisy")
+        if objective["known_in_xt"] not in ("clean", "noisy"):
+            raise GPEngineError(f"objective known_in_xt {objective['known_in_xt']!r} is unknown; use clean or noisy")
+        if resumed is not None and opts.known_input and opts.known_input != objective["known_in_xt"]:
+            raise GPEngineError(f"--known-input {opts.known_input}: this run feeds {objective['known_in_xt']} known "
+                                "voxels; a resumed run keeps its convention (start a new run to change it)")
     train_files, val_files, src, val_src = _load_sources(opts, device, encoding, resumed,
                                                             int(objective.get("crop", 32)))
     masks = MaskSampler(device) if conditional else None
     loss_opts = {"kind": objective["loss"], "target": target, "weighting": objective["weighting"],
-                 "gamma": float(objective["gamma"])}
+                 "gamma": float(objective["gamma"]), "known_clean": objective.get("known_in_xt") == "clean"}
     train_loss_opts = {**loss_opts, "aux_ce": float(objective.get("aux_ce") or 0.0)}
 
     torch.manual_seed(opts.seed)  # weight init

@@ -239,18 +239,19 @@ def test_conditional_build_onnx_and_backends_agree(cond_run, tmp_path):
     eng = load_engine(tmp_path / "m", "onnxruntime", 3)
     assert eng.conditional
     x0, mask = _batch(3, 2, seed=4)
-    setup = repaint.make_setup(linear_schedule(250), SimpleNamespace(steps=6, resample=0, jump=1, tail=0),
-                               conditional=True)
-    cpu = repaint.sample_batch(eng, x0, mask, np.array([5, 6, 7]), 11, setup)
     model, _ = load_model(d / "cond.pt")
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        dev = TorchEngine(model, batch_size=4, device="cpu").sample_batch(
-            x0, mask, np.array([5, 6, 7]), 11, setup)
+        for clean in (True, False):
+            setup = repaint.make_setup(linear_schedule(250), SimpleNamespace(steps=6, resample=0, jump=1, tail=0),
+                                       conditional=True, known_clean=clean)
+            cpu = repaint.sample_batch(eng, x0, mask, np.array([5, 6, 7]), 11, setup)
+            dev = TorchEngine(model, batch_size=4, device="cpu").sample_batch(
+                x0, mask, np.array([5, 6, 7]), 11, setup)
+            np.testing.assert_allclose(dev, cpu, atol=5e-4)
     finally:
         torch.set_num_threads(n)
-    np.testing.assert_allclose(dev, cpu, atol=5e-4)
     with pytest.raises(GPEngineError, match="conditional"):
         eng.predict_eps(x0, np.zeros(3, np.float32))
 
@@ -295,3 +296,49 @@ def test_manifest_kind_must_match_the_unet(cond_run, tmp_path):
     older = {k: v for k, v in m.items() if k != "model_kind"}
     older["unet"] = {**m["unet"], "cond_channels": 0}
     validate_manifest(older)  # older manifests (no model_kind) stay valid
+
+
+def test_clean_known_voxels_convention():
+    """known_in_xt = clean (TD-Paint's t = 0 for known voxels): the network sees the known voxels'
+    clean values in x_t, in training and at every sampler step; noisy ones otherwise."""
+    sched = linear_schedule(250)
+    ab = torch.tensor(sched.alphas_cumprod, dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.sign(torch.randn(2, 2, 8, 8, 8, generator=g))
+    noise_ = torch.randn(2, 2, 8, 8, 8, generator=g)
+    known = (torch.rand(2, 1, 8, 8, 8, generator=g) < 0.5).float()
+
+    class SeeX(_Spy):
+        def forward(self, x, t, cond=None):
+            self.x = x.clone()
+            return super().forward(x, t, cond)
+
+    spy = SeeX(noise_)
+    diffusion_loss(spy, x0, torch.tensor([200, 200]), noise_, ab.sqrt(), (1 - ab).sqrt(), known=known, known_clean=True)
+    k = known.bool().expand_as(x0)
+    assert torch.equal(spy.x[k], x0[k]) and not torch.equal(spy.x[~k], x0[~k])
+    diffusion_loss(spy, x0, torch.tensor([200, 200]), noise_, ab.sqrt(), (1 - ab).sqrt(), known=known)
+    assert not torch.equal(spy.x[k], x0[k])
+
+    seen = []
+
+    class Eng(_CondEngine):
+        def predict_eps(self, x, t, cond=None):
+            seen.append(x.copy())
+            return super().predict_eps(x, t, cond)
+
+    xb, mask = _batch()
+    m = mask.astype(bool)
+    for clean in (True, False):
+        seen.clear()
+        setup = repaint.make_setup(sched, SimpleNamespace(steps=5, resample=0, jump=1, tail=0), conditional=True,
+                                   known_clean=clean)
+        repaint.sample_batch(Eng(), xb, mask, np.array([0, 1, 2]), 1, setup)
+        assert all(np.array_equal(x[m], xb[m]) for x in seen) == clean
+    with pytest.raises(GPEngineError, match="conditional"):
+        repaint.make_setup(sched, SimpleNamespace(steps=5, resample=0, jump=1, tail=0), known_clean=True)
+
+
+def test_new_conditional_runs_default_to_clean_known_voxels(cond_run):
+    d, opts = cond_run
+    assert load_checkpoint(d / "cond.pt")["objective"]["known_in_xt"] == "clean"

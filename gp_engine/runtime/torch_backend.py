@@ -117,7 +117,7 @@ class TorchSampler:
     def reverse_step(self) -> None:
         i = self.i
         sab, s1 = self._at("sqrt_ab", i), self._at("sqrt_1mab", i)
-        mixed = q_sample(self.x0, self._noise(STREAM_MIX), sab, s1)
+        mixed = self.x0 if self.setup.known_clean else q_sample(self.x0, self._noise(STREAM_MIX), sab, s1)
         x = torch.where(self.mask, mixed, self.x)
         eps = self._eps(x, self._at("t_model", i).expand(self.B))
         self.bad |= ~torch.isfinite(eps).all(dim=1)
