@@ -38,12 +38,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from provenance import header  # noqa: E402
+from quality_generate import KEYS, SHARED, VALIDATION_SEEDS, floor_figures  # noqa: E402
 from seams import block_seams, plane_report  # noqa: E402
 from stats_floor import PAPER_R10  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data" / "spparks"
-VALIDATION_SEEDS = range(1019, 1024)
-KEYS = ("kl_volume", "kl_aspect", "kl_centroid")
 RESULTS = ROOT / "bench" / "results"
 ROWS_JSON, ROWS_MD = RESULTS / "conditional.json", RESULTS / "conditional.md"
 PLOT = ROOT / "bench" / "plots" / "conditional_kl_vs_evaluations.png"
@@ -223,11 +221,7 @@ def main(argv=None) -> int:
     from gp_engine.generate import plan_blocks
 
     spp = spparks_seams(shape, [b.corner for b in plan_blocks("grid", shape, 32)]) if max(shape) <= 100 else None
-    floor = None
-    fpath = RESULTS / "stats_floor.json"
-    if fpath.is_file():
-        comps = [c for c in json.loads(fpath.read_text())["comparisons"] if c["comparison"].startswith("val 1019-1023")]
-        floor = {k: float(np.mean([c[k] for c in comps])) for k in KEYS} if comps else None
+    floor = floor_figures()
     for setting in a.settings:
         t0 = time.time()
         model = cond_dir if setting.startswith("cond") else (Path(a.unconditional) if a.unconditional else None)

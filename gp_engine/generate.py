@@ -329,32 +329,34 @@ def export_options(plan, seed: int) -> dict:
             "orientations": getattr(plan, "orientations", None), "seed": int(seed)}
 
 
-def _model_hint(model) -> tuple[int, list[int] | None]:
-    """(channels, U-Net widths) of the plan's model from its manifest when that is cheap to read
-    (a built model folder or the default); (1, None) otherwise."""
+def _cheap_manifest(model) -> dict | None:
+    """The plan's model manifest when it is cheap to read (a built model folder or the default); None
+    for a trainer checkpoint or an unreadable model (the model step reports it properly)."""
     from .runtime import read_model
 
     if model is not None and Path(model).suffix == ".pt":
-        return 1, None
+        return None
     try:
-        _, manifest = read_model(model)
+        return read_model(model)[1]
     except GPEngineError:
-        return 1, None  # the model step reports it properly
+        return None
+
+
+def _model_hint(model) -> tuple[int, list[int] | None]:
+    """(channels, U-Net widths) of the plan's model when cheap to read (:func:`_cheap_manifest`); (1, None) otherwise."""
+    manifest = _cheap_manifest(model)
+    if manifest is None:
+        return 1, None
     return _channels(manifest), (manifest.get("unet") or {}).get("channels")
 
 
 def model_kind_hint(model) -> str:
-    """``conditional`` / ``unconditional`` from the plan's model manifest when it is cheap to read
-    (a built folder or the default); ``unconditional`` otherwise (generate checks it properly)."""
+    """``conditional`` / ``unconditional`` of the plan's model when cheap to read; ``unconditional``
+    otherwise (generate checks it properly)."""
     from .conditional import model_kind
-    from .runtime import read_model
 
-    if model is not None and Path(model).suffix == ".pt":
-        return "unconditional"
-    try:
-        return model_kind(read_model(model)[1])
-    except GPEngineError:
-        return "unconditional"
+    manifest = _cheap_manifest(model)
+    return "unconditional" if manifest is None else model_kind(manifest)
 
 
 def _channels(manifest: dict) -> int:

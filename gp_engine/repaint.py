@@ -265,11 +265,12 @@ def sample_batch(engine: EpsModel, x0: np.ndarray, mask: np.ndarray, block_ids: 
     n = int(np.prod(shape[1:]))
     x0f = np.ascontiguousarray(x0, np.float32).reshape(b, n)
     mf = np.ascontiguousarray(mask, np.uint8).reshape(b, n)
-    idf = ids
     c = setup.coefficients()
     noise = noise or CounterNoise()
     x = np.empty((b, n), np.float32)
-    noise(x, idf, seed, INIT_COUNTER, STREAM_INIT)
+    noise(x, ids, seed, INIT_COUNTER, STREAM_INIT)
+    if setup.known_clean:  # the model was trained with the known voxels clean (t = 0): set them once,
+        paste_known(x, x0f, mf)  # the step kernels skip known voxels, so they stay exact
     z = np.empty((b, n), np.float32)
     unknown = np.ascontiguousarray(1 - mf)
     t_in = np.empty(B, np.float32)
@@ -280,10 +281,8 @@ def sample_batch(engine: EpsModel, x0: np.ndarray, mask: np.ndarray, block_ids: 
         cond = make_cond(x0, mask)
     for k, (i, j) in enumerate(setup.transitions):
         if j < i:  # reverse step: mix known voxels, predict ε, posterior sample
-            if setup.known_clean:  # the model was trained with the known voxels clean (t = 0)
-                paste_known(x, x0f, mf)
-            else:
-                noise(z, idf, seed, k, STREAM_MIX, mf)
+            if not setup.known_clean:
+                noise(z, ids, seed, k, STREAM_MIX, mf)
                 mixing.mix_known(x, x0f, mf, c["sqrt_ab"][i], c["sqrt_1mab"][i], z)
             t_in[:] = c["t_model"][i]
             xin = x.reshape((B,) + shape[1:])
@@ -291,14 +290,14 @@ def sample_batch(engine: EpsModel, x0: np.ndarray, mask: np.ndarray, block_ids: 
             eps = np.ascontiguousarray(eps, dtype=np.float32).reshape(B, n)
             check_finite(eps[:b], ids, k, engine)
             if c["sigma"][i] > 0:
-                noise(z, idf, seed, k, STREAM_STEP, unknown)
+                noise(z, ids, seed, k, STREAM_STEP, unknown)
             mixing.posterior_step(x, eps, c["sqrt_ab"][i], c["sqrt_1mab"][i], c["c_x0"][i],
                                   c["c_xt"][i], c["sigma"][i], setup.clip_x0, z, skip=mf,
                                   sharpen=setup.sharpen)
             if on_step is not None:
                 on_step(k)
         else:  # forward re-noise i -> i+1
-            noise(z, idf, seed, k, STREAM_STEP, unknown)
+            noise(z, ids, seed, k, STREAM_STEP, unknown)
             mixing.renoise(x, c["sqrt_a"][j], c["sqrt_1ma"][j], z, skip=mf)
     paste_known(x, x0f, mf)
     return x.reshape(shape)

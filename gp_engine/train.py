@@ -256,17 +256,15 @@ class MaskSampler:
         return torch.from_numpy(m[:, None].astype(np.float32)).to(self.device)
 
 
-def _init_weights(path: str, config: dict) -> tuple[dict, dict]:
-    """(EMA weights for ``config``, checkpoint) from ``--init-from``: same U-Net, encoding and schedule;
-    an unconditional checkpoint is widened for a conditional config (a conditional one stays conditional)."""
+def _init_weights(base: dict, config: dict) -> dict:
+    """EMA weights of the ``--init-from`` checkpoint ``base`` for ``config`` (its U-Net, encoding and
+    schedule): an unconditional parent is widened for a conditional config (a conditional one stays conditional)."""
     from .conditional import widen_state_dict
 
-    base = load_checkpoint(path)
-    bcfg = dict(base["config"])
     state = base["ema"]
-    if int(bcfg.get("cond_channels", 0) or 0) != int(config.get("cond_channels", 0) or 0):
+    if int(base["config"].get("cond_channels", 0) or 0) != int(config.get("cond_channels", 0) or 0):
         state = widen_state_dict(state, config)  # unconditional parent, --conditional run
-    return state, base
+    return state
 
 
 def _load_sources(opts: TrainOptions, device: torch.device, encoding: dict, resumed: dict | None, crop: int):
@@ -364,7 +362,7 @@ def train(opts: TrainOptions) -> dict:
 
     init_state, init_base = None, None
     if resumed is None and opts.init_from:
-        base = load_checkpoint(opts.init_from)
+        base = init_base = load_checkpoint(opts.init_from)
         config, schedule_d, encoding = dict(base["config"]), base["schedule"], base["encoding"]
         schedule = Schedule.from_dict(schedule_d)
         target = check_target(base.get("prediction", "eps"))
@@ -381,7 +379,7 @@ def train(opts: TrainOptions) -> dict:
         config = {**config, "cond_channels": cond_channels(int(config.get("in_channels", 1)))}
         objective["known_in_xt"] = opts.known_input or "clean"
     if resumed is None and opts.init_from:
-        init_state, init_base = _init_weights(opts.init_from, config)
+        init_state = _init_weights(init_base, config)
     conditional = int(config.get("cond_channels", 0) or 0) > 0
     objective["known_mask_loss"] = "unknown voxels only" if conditional else None
     if conditional:  # checkpoints from before the choice existed fed noisy known voxels

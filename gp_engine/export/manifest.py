@@ -113,9 +113,11 @@ def validate_manifest(m: dict, where: str = "manifest") -> dict:
                                 f"got {enc!r}")
     if enc["kind"] == "separable" and not (isinstance(enc.get("levels"), int) and enc["levels"] >= 2):
         raise GPEngineError(f"{where}: separable encoding needs an integer 'levels' >= 2, got {enc.get('levels')!r}")
+    from ..conditional import KINDS
+
     kind = m.get("model_kind", "unconditional")
-    if kind not in ("unconditional", "conditional"):
-        raise GPEngineError(f"{where}: model_kind {kind!r} is unknown (unconditional, conditional); upgrade gp-engine")
+    if kind not in KINDS:
+        raise GPEngineError(f"{where}: model_kind {kind!r} is unknown ({', '.join(KINDS)}); upgrade gp-engine")
     cc = int(((m.get("unet") or {}).get("cond_channels") or 0))
     if (kind == "conditional") != (cc > 0):
         raise GPEngineError(f"{where}: model_kind {kind!r} disagrees with unet.cond_channels = {cc}; "
