@@ -1,26 +1,40 @@
 """The GPU campaign: everything a short GPU loan should buy, in one command, within a hard deadline.
 
+Several model lineages train side by side on the one GPU (each in its own process, for the same wall
+minutes), then each is built, scored and brought back:
+
+- ``mini``        the shipped model's size (CPU-fast generation): continues ``checkpoints/gpu_mini.pt``,
+                  or, the first time, the best CPU lineage (``checkpoints/mini_minsnr_cpu.pt``);
+- ``small``       the GPU size (32/64 channels) aiming at the paper's Table 1: ``checkpoints/gpu_small.pt``
+                  (a new Min-SNR analog-bits lineage when absent), torch.compile'd;
+- ``conditional`` the outpainting model (issue #11), TD-Paint clean-known convention:
+                  ``checkpoints/gpu_conditional_mini.pt``, or the first time the CPU clean-known lineage
+                  (``checkpoints/conditional_clean_cpu.pt``).
+
 Stages (each timed; ``campaign.json`` in ``--out`` is rewritten after every stage, so a run cut short
 still reports what it did):
 
-1. ``env``      Python, torch, CUDA, GPU, and which of our dependencies import.
-2. ``train``    resume the GPU lineage's trainer checkpoint (``checkpoints/gpu_<preset>.pt``; a new run
-                when absent) at the GPU size in bf16 (torch.compile with ``--compile``) with the
-                on-device block pipeline, for the training budget; the checkpoint goes to ``--out``
-                (commit it back to ``checkpoints/`` so the next loan continues it).
-3. ``build``    ONNX + manifest (+ parity check) of the new checkpoint into ``--out/model``.
-4. ``tests``    the GPU tests (``pytest -m gpu``): CUDA-graph sampler vs CPU sampler, bf16 training.
-5. ``quality``  four 100³ volumes at ``fast`` on the torch-CUDA backend, KL against validation
-                SPPARKS 1019-1023 (with the floor and the paper's Table 1 beside it), samples/s of training.
-6. ``paper``    one 100³ volume at ``paper`` settings: wall time and voxels/min (paper: ~25k voxels/min
-                on two A100s), and its statistics.
+1. ``env``        Python, torch, CUDA, GPU, and which of our dependencies import.
+2. ``train``      every lineage for ``--train-min`` wall minutes in bf16 with the on-device block pipeline
+                  (a CPU lineage continues on the GPU: weights, optimizer and counters; its random stream is
+                  reseeded); the GPU tests (``pytest -m gpu``) run beside them. Checkpoints go to ``--out``
+                  (commit them back to ``checkpoints/`` so the next loan continues them).
+3. ``tests``      the GPU tests' result (CUDA-graph sampler vs CPU sampler, bf16 training, ...).
+4. ``build``      ONNX + manifest (+ parity check) of each new checkpoint into ``--out/model_<lineage>``.
+5. ``quality_<lineage>``  four 100³ volumes (``fast``; the conditional lineage at its ``conditional``
+                  preset) on the torch-CUDA backend, KL against validation SPPARKS 1019-1023 (with the
+                  paper's Table 1 beside it).
+6. ``paper``      one 100³ volume of the ``small`` lineage at ``paper`` settings: wall time, voxels/min
+                  (paper: ~25k voxels/min on two A100s), statistics.
+7. ``speed``      ``bench/regress.py`` on this device with the ``mini`` model.
 
     bash bench/gpu_carry.sh                                   # here: wheels + data into .gpu_carry/
-    device run: bash bench/gpu_campaign.sh                    # there: ≤ 9 minutes, results in $OUT
+    device run: bash bench/gpu_campaign.sh                    # there: ≤ 10 minutes, results in $OUT
     python bench/gpu_campaign.py --dry-run --out /tmp/dry     # CPU: every stage in seconds (CI runs it)
 
-The dry run uses the shipped sample volumes, the ``tiny`` preset, a few seconds of training, 32³
-boxes and the onnxruntime backend: it checks that the script cannot rot, not any figure.
+The dry run uses the shipped sample volumes, the ``tiny`` preset for every lineage (new runs), a few
+seconds of training, 32³ boxes and the onnxruntime backend: it checks that the script cannot rot, not
+any figure.
 """
 
 from __future__ import annotations
@@ -35,6 +49,7 @@ import subprocess
 import sys
 import time
 import traceback
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +60,36 @@ from stats_floor import PAPER_R10  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("kl_volume", "kl_aspect", "kl_centroid")
 VALIDATION_SEEDS = range(1019, 1024)
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """One model lineage the campaign trains: where it is kept, where it starts, how it trains."""
+
+    name: str
+    checkpoint: str            # the GPU lineage's trainer checkpoint in checkpoints/ (resumed when present)
+    seed: str | None           # else: a CPU lineage in checkpoints/ to continue (copied, then resumed)
+    preset: str                # U-Net preset of a new lineage
+    conditional: bool = False
+    compile: bool = False      # torch.compile the training step (pays on the larger net)
+    lr: float = 1e-3
+    weighting: str = "min-snr"  # of a new lineage: the best CPU configuration (quality_per_compute.md)
+    parent: str | None = None  # a new conditional lineage without a seed starts widened from this one
+    sampler: str = "fast"      # preset of its quality stage
+
+    def source(self, checkpoints: Path) -> Path | None:
+        for name in (self.checkpoint, self.seed):
+            if name and (checkpoints / name).is_file():
+                return checkpoints / name
+        return None
+
+
+LINEAGES = {
+    "mini": Lineage("mini", "gpu_mini.pt", "mini_minsnr_cpu.pt", "mini"),
+    "small": Lineage("small", "gpu_small.pt", None, "small", compile=True, lr=6e-4),
+    "conditional": Lineage("conditional", "gpu_conditional_mini.pt", "conditional_clean_cpu.pt", "mini",
+                           conditional=True, lr=5e-4, parent="gpu_mini.pt", sampler="conditional"),
+}
 
 
 class Campaign:
@@ -110,11 +155,13 @@ def env_info() -> dict:
 
 def quality(model_dir: Path, data: Path, out: Path, preset: str, volumes: int, shape, backend: str,
             batch: int, progress: bool, segmentation: dict | None = None, steps: int | None = None) -> dict:
-    from gp_engine.generate import generate
+    from gp_engine.generate import generate, plan_blocks
     from gp_engine.stats import summarize
     from gp_engine.volume_io import read_volume
+    from seams import block_seams, plane_report
 
-    grains, runs = [], []
+    grains, runs, seams = [], [], []
+    corners = [b.corner for b in plan_blocks("grid", tuple(shape), 32)]
     for i in range(volumes):
         o = out / f"seed{i}"
         plan = {"version": 1, "geometry": {"shape": list(shape)}, "model": str(model_dir),
@@ -126,49 +173,109 @@ def quality(model_dir: Path, data: Path, out: Path, preset: str, volumes: int, s
         runs.append({k: res["timing"][k] for k in ("seconds", "voxels_per_min", "backend",
                                                    "evaluations_per_block", "blocks")})
         grains.append(np.load(o / "grains.npy"))
+        if len(corners) > 1:  # one block (the dry run's 32³): no block faces inside the volume
+            seams.append(plane_report(grains[-1], block_seams(corners, shape)))
     refs = [read_volume(p) for p in sorted(data.glob("potts_iso_100_seed*.npz"))
             if int(p.stem.split("seed")[1]) in VALIDATION_SEEDS]
     if not refs:
         raise RuntimeError(f"no validation volumes (seeds 1019-1023) in {data}")
     s = summarize(grains, refs)
+    sizes = np.concatenate([np.bincount(g.ravel())[1:] for g in grains])
+    sizes = sizes[sizes > 0]
     return {"preset": preset, "volumes": volumes, "shape": list(shape), "runs": runs,
             "summary": {k: s[k] for k in KEYS + ("grains", "mean_volume", "median_volume")},
+            "share_voxels_small_grains": float(sizes[sizes < 20].sum() / max(sizes.sum(), 1)),
+            "seams": {k: float(np.mean([r[k] for r in seams])) for k in seams[0]} if seams else None,
             "reference_grains": s["reference"]["grains"], "reference_median_volume": s["reference"]["median_volume"],
             "ratio_to_paper": {k: s[k] / PAPER_R10[k] for k in KEYS}, "paper_table1_r10": PAPER_R10}
 
 
+def train_lineage(lin: Lineage, out: Path, data: Path, minutes: float, batch: int, device: str,
+                  dry: bool, allow_compile: bool) -> dict:
+    """Train one lineage for ``minutes`` (run in its own process by the ``train`` stage)."""
+    from gp_engine.train import TrainOptions, train
+
+    checkpoints = ROOT / "checkpoints"
+    src = None if dry else lin.source(checkpoints)
+    ckpt = out / lin.checkpoint
+    if src is not None:
+        shutil.copy2(src, ckpt)
+    files = sorted(data.glob("*seed10*.npz")) or sorted(data.glob("*.np[yz]"))
+    if not files:
+        raise RuntimeError(f"no SPPARKS volumes in {data}")
+    parent = checkpoints / lin.parent if lin.parent else None
+    init = str(parent) if (lin.conditional and src is None and parent and parent.is_file() and not dry) else None
+    cuda = device == "cuda"
+    opts = TrainOptions(data=[str(f) for f in files], out=str(ckpt), preset="tiny" if dry else lin.preset,
+                        steps=10**9, conditional=lin.conditional, init_from=init, batch_size=batch,
+                        device=device, precision="bf16" if cuda else "fp32", lr=lin.lr, target="eps",
+                        weighting=lin.weighting, encoding="bits", bits=4, time_limit_min=minutes,
+                        resume=src is not None, force=src is None, compile=lin.compile and allow_compile and cuda,
+                        val_every=200, val_blocks=8 if dry else 64, checkpoint_every=500, progress=False,
+                        threads=None if cuda else 1)
+    before = _samples_before(ckpt) if src is not None else 0
+    t = time.time()
+    compile_error = None
+    try:
+        meta = train(opts)
+    except Exception as exc:  # Inductor needs a C compiler and headers: fall back to eager once
+        if not opts.compile:
+            raise
+        compile_error = f"{type(exc).__name__}: {str(exc)[:300]}"
+        print(f"[campaign] {lin.name}: torch.compile failed ({compile_error}); training eagerly", flush=True)
+        opts.compile, opts.resume, opts.force = False, ckpt.is_file(), not ckpt.is_file()
+        opts.time_limit_min = max(0.05, minutes - (time.time() - t) / 60.0)
+        meta = train(opts)
+    wall = time.time() - t
+    hist = meta.get("history") or {}
+    return {"lineage": asdict(lin), "resumed_from": str(src.relative_to(ROOT)) if src else None,
+            "init_from": init, "checkpoint": str(ckpt), "compiled": bool(opts.compile),
+            "compile_error": compile_error, "steps": meta["steps"], "samples_seen": meta["samples_seen"],
+            "samples_this_run": meta["samples_seen"] - before, "wall_s_this_run": round(wall, 1),
+            "samples_per_s": round((meta["samples_seen"] - before) / wall, 1), "batch_size": batch,
+            "final_train_loss": meta["final_train_loss"], "final_val_loss": meta["final_val_loss"],
+            "final_val_x0w": meta.get("final_val_x0w"), "precision": meta["precision"],
+            "val_x0w_history": hist.get("val_x0w", [])[-12:]}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="results folder (the device tool's $OUT)")
+    p.add_argument("--out", required=True, help="results folder (checkpoints, campaign.json, models, volumes)")
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "spparks"),
                    help="SPPARKS volumes: seeds 1001-1018 train, 1019-1023 validate")
     p.add_argument("--deadline", type=float, default=540.0, help="seconds for everything (default 540 = 9 min)")
-    p.add_argument("--train-min", type=float, default=4.0, help="training wall minutes (default 4)")
-    p.add_argument("--preset", default="small", help="U-Net preset of the GPU lineage (default small)")
-    # a new lineage starts from the best CPU configuration (bench/results/quality_per_compute.md)
-    p.add_argument("--encoding", default="bits", help="encoding of a new lineage (default bits)")
-    p.add_argument("--bits", type=int, default=4, help="analog-bits channels of a new lineage (default 4)")
-    p.add_argument("--target", default="eps", help="prediction target of a new lineage (default eps)")
-    p.add_argument("--weighting", default="uniform", help="loss weighting of a new lineage (default uniform)")
+    p.add_argument("--train-min", type=float, default=3.75, help="training wall minutes (default 3.75)")
+    p.add_argument("--lineages", default="mini,small,conditional",
+                   help=f"comma-separated lineages to train, build and score (of {', '.join(LINEAGES)})")
+    p.add_argument("--paper-lineage", default="small", help="lineage timed at paper settings (default small)")
     p.add_argument("--batch-size", type=int, default=64, help="training blocks per step (default 64)")
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--compile", action="store_true", help="torch.compile the training step (needs a C compiler)")
-    p.add_argument("--checkpoint", help="trainer checkpoint to resume (default checkpoints/gpu_<preset>.pt, "
-                   "or gpu_conditional_<preset>.pt with --conditional)")
-    p.add_argument("--conditional", action="store_true",
-                   help="the conditional (outpainting) lineage: a new one starts from the unconditional GPU "
-                        "checkpoint (widened); quality at the 'conditional' preset, 'paper' stage at 100 steps")
-    p.add_argument("--skip", default="", help="comma-separated stages to skip")
+    p.add_argument("--no-compile", action="store_true", help="never torch.compile (even the small lineage)")
+    p.add_argument("--skip", default="", help="comma-separated stages to skip (train, tests, build, quality, paper, speed)")
     p.add_argument("--dry-run", action="store_true", help="CPU smoke run in seconds (CI)")
+    p.add_argument("--train-lineage", help=argparse.SUPPRESS)  # internal: one lineage's training process
     a = p.parse_args(argv)
 
     out = Path(a.out)
     skip = {s.strip() for s in a.skip.split(",") if s.strip()}
     dry = a.dry_run
+    names = [n.strip() for n in a.lineages.split(",") if n.strip()]
+    unknown = [n for n in names + [a.paper_lineage] if n not in LINEAGES]
+    if unknown:
+        p.error(f"unknown lineage {unknown[0]!r}; use {', '.join(LINEAGES)}")
     if dry:
         a.data = str(ROOT / "gp_engine" / "data")
-        a.preset, a.batch_size, a.train_min, a.deadline = "tiny", 2, 0.05, min(a.deadline, 300.0)
+        a.batch_size, a.train_min, a.deadline = 2, 0.05, min(a.deadline, 300.0)
     data = Path(a.data)
+
+    if a.train_lineage:  # the child process of the train stage
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() and not dry else "cpu"
+        res = train_lineage(LINEAGES[a.train_lineage], out, data, a.train_min, a.batch_size, device, dry,
+                            allow_compile=not a.no_compile)
+        (out / f"train_{a.train_lineage}.json").write_text(json.dumps(res, indent=1, default=str))
+        return 0
+
     commit = os.environ.get("GP_COMMIT") or _git_commit()
     camp = Campaign(out, a.deadline, {"bench": "gpu_campaign", "dry_run": dry, "commit": commit,
                                       "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -176,118 +283,145 @@ def main(argv=None) -> int:
     env = camp.stage("env", env_info)
     camp.result["device"] = (env or {}).get("gpu") or f"cpu: {platform.processor() or platform.machine()}"
     cuda = bool((env or {}).get("gpu_available")) and not dry
-    device = "cuda" if cuda else "cpu"
     backend = "torch-cuda" if cuda else "onnxruntime"
+    tests_proc = None
 
-    lineage = f"gpu_conditional_{a.preset}.pt" if a.conditional else f"gpu_{a.preset}.pt"
-    ckpt_src = Path(a.checkpoint) if a.checkpoint else ROOT / "checkpoints" / lineage
-    parent = ROOT / "checkpoints" / f"gpu_{a.preset}.pt"  # a new conditional lineage starts from it
-    ckpt = out / ckpt_src.name
+    def start_tests():
+        if dry or "tests" in skip:
+            return None
+        log = open(out / "tests.log", "w")
+        return subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-m", "gpu", str(ROOT / "tests")],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
     def train_stage():
-        from gp_engine.train import TrainOptions, train
-
-        resume = ckpt_src.is_file() and not dry
-        if resume:
-            shutil.copy2(ckpt_src, ckpt)
-        files = sorted(data.glob("*seed10*.npz"))
-        if not files:
-            raise RuntimeError(f"no SPPARKS volumes in {data}")
-        init = str(parent) if (a.conditional and not resume and parent.is_file() and not dry) else None
-        opts = TrainOptions(data=[str(f) for f in files], out=str(ckpt), preset=a.preset, steps=10**9,
-                            conditional=a.conditional, init_from=init,
-                            batch_size=a.batch_size, device=device, precision="bf16" if cuda else "fp32",
-                            lr=a.lr, target=a.target, weighting=a.weighting, time_limit_min=a.train_min,
-                            encoding=a.encoding, bits=a.bits,
-                            resume=resume, force=not resume, compile=a.compile and cuda, val_every=200,
-                            val_blocks=8 if dry else 64, checkpoint_every=500, progress=False,
-                            threads=None if cuda else 1)
-        t = time.time()
-        compile_error = None
-        try:
-            meta = train(opts)
-        except Exception as exc:  # Inductor needs a C compiler and headers: fall back to eager once
-            if not opts.compile:
-                raise
-            compile_error = f"{type(exc).__name__}: {str(exc)[:300]}"
-            print(f"[campaign] torch.compile failed ({compile_error}); training eagerly", flush=True)
-            opts.compile, opts.resume, opts.force = False, ckpt.is_file(), not ckpt.is_file()
-            meta = train(opts)
-        wall = time.time() - t
-        hist = meta.get("history") or {}
-        return {"resumed_from": str(ckpt_src) if resume else None, "checkpoint": str(ckpt),
-                "compiled": bool(opts.compile), "compile_error": compile_error,
-                "steps": meta["steps"], "samples_seen": meta["samples_seen"], "wall_s_this_run": wall,
-                "samples_per_s": (meta["samples_seen"] - (0 if not resume else _samples_before(ckpt_src))) / wall,
-                "final_train_loss": meta["final_train_loss"], "final_val_loss": meta["final_val_loss"],
-                "final_val_x0w": meta.get("final_val_x0w"), "precision": meta["precision"],
-                "val_x0w_history": hist.get("val_x0w", [])[-10:]}
+        nonlocal tests_proc
+        procs = {}
+        for n in names:  # one process per lineage, side by side on the one GPU
+            cmd = [sys.executable, __file__, "--train-lineage", n, "--out", str(out), "--data", str(data),
+                   "--train-min", str(a.train_min), "--batch-size", str(a.batch_size)]
+            cmd += ["--dry-run"] if dry else []
+            cmd += ["--no-compile"] if a.no_compile else []
+            procs[n] = subprocess.Popen(cmd, stdout=open(out / f"train_{n}.log", "w"), stderr=subprocess.STDOUT)
+        tests_proc = start_tests()  # the GPU tests share the GPU with the training (recorded)
+        limit = time.time() + 60.0 * a.train_min + 120.0  # start-up, compile, validation, final checkpoint
+        res = {"lineages_side_by_side": len(procs), "gpu_tests_alongside": tests_proc is not None}
+        for n, proc in procs.items():
+            try:
+                proc.wait(timeout=max(1.0, limit - time.time()))
+            except subprocess.TimeoutExpired:  # SIGTERM: the trainer finishes its step and checkpoints
+                proc.terminate()
+                proc.wait(timeout=60)
+            f = out / f"train_{n}.json"
+            res[n] = (json.loads(f.read_text()) if f.is_file() else
+                      {"status": "failed", "returncode": proc.returncode,
+                       "log_tail": (out / f"train_{n}.log").read_text()[-2000:]})
+        failed = [n for n in names if "steps" not in res[n]]
+        if failed and len(failed) == len(names):
+            raise RuntimeError(f"every lineage failed to train: {res[failed[0]].get('log_tail', '')[-600:]}")
+        return res
 
     if "train" not in skip:
         camp.stage("train", train_stage, need_s=60)
-    model_dir = out / "model"
-
-    def build_stage():
-        from gp_engine.export import build_model
-
-        if not ckpt.is_file():
-            raise RuntimeError(f"{ckpt} was not written (training failed)")
-        m = build_model(ckpt, model_dir, batch_sizes=[1, 8, 64], log=lambda *x: None)
-        return {"name": m["name"], "target": m.get("target"), "encoding": m["encoding"],
-                "verification": m["verification"]}
-
-    if "build" not in skip:
-        camp.stage("build", build_stage, need_s=20)
+    else:
+        tests_proc = start_tests()
 
     def tests_stage():
         if dry:
             return {"note": "dry run: GPU tests not run"}
-        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-x", str(ROOT / "tests")],
-                           capture_output=True, text=True, timeout=max(30, min(150, camp.left() - 200)))
-        tail = (r.stdout + r.stderr).strip().splitlines()[-15:]
-        return {"returncode": r.returncode, "tail": tail}
+        if tests_proc is None:
+            raise RuntimeError("the GPU tests did not start")
+        try:
+            tests_proc.wait(timeout=max(10.0, min(180.0, camp.left() - 240)))
+        except subprocess.TimeoutExpired:
+            tests_proc.kill()
+            tests_proc.wait()
+        tail = (out / "tests.log").read_text().strip().splitlines()[-15:]
+        return {"returncode": tests_proc.returncode, "tail": tail}
 
     if "tests" not in skip:
-        camp.stage("tests", tests_stage, need_s=240)
+        camp.stage("tests", tests_stage)
 
-    def speed_stage():  # bench/regress.py on this device: network per batch, sampler, segmentation
-        sys.path.insert(0, str(ROOT / "bench"))
-        import regress
+    def model_dir(n: str) -> Path:
+        return out / f"model_{n}"
 
-        rc = regress.main(["--smoke" if dry else "--quick", "--model", str(model_dir), "--out", str(out / "regress.json")])
-        return {"returncode": rc, **{k: v for k, v in json.loads((out / "regress.json").read_text()).items()
-                                     if k in ("figures", "gflop_per_block_eval", "device")}}
+    def build_stage():
+        from gp_engine.export import build_model
 
-    if "speed" not in skip:
-        camp.stage("speed", speed_stage, need_s=120)
+        built = {}
+        for n in names:
+            ckpt = out / LINEAGES[n].checkpoint
+            if not ckpt.is_file():
+                built[n] = {"status": "failed", "error": f"{ckpt} was not written (training failed)"}
+                continue
+            m = build_model(ckpt, model_dir(n), batch_sizes=[1, 8, 64], log=lambda *x: None)
+            built[n] = {"name": m["name"], "model_kind": m.get("model_kind"), "target": m.get("target"),
+                        "encoding": m["encoding"], "verification": m["verification"]}
+        if not any("name" in b for b in built.values()):
+            raise RuntimeError("no lineage could be built")
+        return built
+
+    if "build" not in skip:
+        camp.stage("build", build_stage, need_s=20)
 
     shape = [32] * 3 if dry else [100] * 3
     # dry run: a model trained for seconds paints noise; keep every fragment so the statistics exist
     seg = {"method": "levels", "min_size": 1} if dry else None
-    # conditional lineage: 'quality' at the conditional preset (50 steps), 'paper' at 100 steps
-    q_preset = "conditional" if a.conditional else "fast"
-    p_preset, p_steps = ("conditional", 100) if a.conditional else ("fast" if dry else "paper", None)
-    if "quality" not in skip:
-        camp.stage("quality", lambda: quality(model_dir, data, out / "quality_fast", q_preset, 1 if dry else 4,
-                                              shape, backend, 2 if dry else 64, progress=not dry,
-                                              segmentation=seg, steps=4 if dry and a.conditional else None),
-                   need_s=60)
-    if "paper" not in skip:
-        camp.stage("paper", lambda: quality(model_dir, data, out / "paper", p_preset, 1, shape,
-                                            backend, 2 if dry else 64, progress=not dry, segmentation=seg,
-                                            steps=4 if dry and a.conditional else p_steps),
-                       need_s=150)
-    for key in ("quality", "paper"):  # the bulky volumes stay on the device; keep PNGs and results
-        d = out / ("quality_fast" if key == "quality" else key)
-        if d.is_dir() and not dry:
-            for f in d.rglob("*.npy"):
-                f.unlink()
-            shutil.rmtree(d / "model", ignore_errors=True)
+    for n in names:
+        lin = LINEAGES[n]
+        if "quality" in skip or not (model_dir(n) / "manifest.json").is_file():
+            continue
+        steps = 4 if dry and lin.conditional else None
+        camp.stage(f"quality_{n}", lambda n=n, lin=lin, steps=steps: quality_with_fallback(
+            model_dir(n), data, out / f"quality_{n}", lin.sampler, 1 if dry else 4, shape, backend,
+            2 if dry else 64, progress=not dry, segmentation=seg, steps=steps), need_s=45)
+
+    pl = a.paper_lineage if a.paper_lineage in names else names[0]
+    if "paper" not in skip and (model_dir(pl) / "manifest.json").is_file():
+        p_preset = "fast" if dry else ("conditional" if LINEAGES[pl].conditional else "paper")
+        camp.stage("paper", lambda: {"lineage": pl, **quality(
+            model_dir(pl), data, out / "paper", p_preset, 1, shape, backend, 2 if dry else 64,
+            progress=not dry, segmentation=seg)}, need_s=150)
+
+    def speed_stage():  # bench/regress.py on this device: network per batch, sampler, segmentation
+        import regress
+
+        m = model_dir(names[0])
+        rc = regress.main(["--smoke" if dry else "--quick", "--model", str(m), "--out", str(out / "regress.json")])
+        return {"returncode": rc, "model": names[0], **{k: v for k, v in json.loads((out / "regress.json").read_text()).items()
+                                                        if k in ("figures", "gflop_per_block_eval", "device")}}
+
+    if "speed" not in skip and (model_dir(names[0]) / "manifest.json").is_file():
+        camp.stage("speed", speed_stage, need_s=90)
+
+    if tests_proc is not None and tests_proc.poll() is None:
+        tests_proc.kill()
+    if not dry:  # the bulky volumes stay on the device; keep PNGs and results
+        for d in [out / f"quality_{n}" for n in names] + [out / "paper"]:
+            if d.is_dir():
+                for f in d.rglob("*.npy"):
+                    f.unlink()
+                for m in d.rglob("model"):
+                    shutil.rmtree(m, ignore_errors=True)
     camp.save()
     failed = [k for k, v in camp.result["stages"].items() if v.get("status") == "failed"]
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk not in ("traceback", "runs")}
                       for k, v in camp.result["stages"].items()}, indent=1, default=str))
     return 1 if failed else 0
+
+
+def quality_with_fallback(model_dir: Path, data: Path, out: Path, preset: str, volumes: int, shape, backend: str,
+                          batch: int, **kw) -> dict:
+    """``quality`` on ``backend``; if the torch-CUDA backend fails, one 64³ volume on onnxruntime instead,
+    so that the lineage still gets a (smaller, recorded) score."""
+    try:
+        return quality(model_dir, data, out, preset, volumes, shape, backend, batch, **kw)
+    except Exception as exc:
+        if backend == "onnxruntime":
+            raise
+        error = f"{type(exc).__name__}: {exc}"
+        print(f"[campaign] {backend} failed ({error[:200]}); scoring one 64³ volume on onnxruntime", flush=True)
+        res = quality(model_dir, data, out, preset, 1, [64] * 3, "onnxruntime", 8, **kw)
+        return {**res, "fallback_from": backend, "fallback_error": error[:2000]}
 
 
 def _samples_before(path: Path) -> int:

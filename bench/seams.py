@@ -35,6 +35,9 @@ def plane_report(ids: np.ndarray, is_seam: Callable[[int, int], bool]) -> dict:
     for axis in range(3):
         for i in range(ids.shape[axis] - 1):
             (seam if is_seam(axis, i) else inner).append(plane_figures(ids, axis, i))
+    if not seam or not inner:
+        raise ValueError(f"no {'seam' if not seam else 'interior'} planes in a volume of {ids.shape}: "
+                         "seam figures need both")
     s, t = np.array(seam), np.array(inner)
     return {"seam_boundary_density": float(s[:, 0].mean()), "interior_boundary_density": float(t[:, 0].mean()),
             "seam_straddling": float(s[:, 1].mean()), "interior_straddling": float(t[:, 1].mean()),

@@ -310,6 +310,8 @@ def train(opts: TrainOptions) -> dict:
     out = Path(opts.out)
     device = pick_device(opts.device)
     precision = pick_precision(opts.precision, device)
+    if device.type == "cuda":  # fixed block shapes: let cuDNN pick the fastest 3-D convolutions once
+        torch.backends.cudnn.benchmark = True
 
     resumed = None
     if opts.resume and out.is_file():
@@ -399,7 +401,9 @@ def train(opts: TrainOptions) -> dict:
     torch.manual_seed(opts.seed)  # weight init
     model = build_unet(config).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    optim = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    # fused AdamW on CUDA: one kernel for all parameters instead of a dozen per tensor
+    optim = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay,
+                              **({"fused": True} if device.type == "cuda" else {}))
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     gen = torch.Generator(device=device).manual_seed(opts.seed)
     step, samples, wall_before, cpu_before = 0, 0, 0.0, 0.0
@@ -421,14 +425,26 @@ def train(opts: TrainOptions) -> dict:
         optim.load_state_dict(resumed["optimizer"])
         if scaler is not None and resumed.get("scaler"):
             scaler.load_state_dict(resumed["scaler"])
-        gen.set_state(resumed["rng"]["generator"].cpu())
         step = int(resumed["step"])
+        rng_device = resumed["rng"].get("device", "cpu")
+        if rng_device == device.type:
+            gen.set_state(resumed["rng"]["generator"].cpu())
+        else:  # a CPU generator's state cannot drive a CUDA one (or back): reseed from the step
+            gen.manual_seed(opts.seed * 1_000_003 + step)
+            print(f"gp-engine train: {out} was trained on {rng_device}, this run is on {device.type}: the "
+                  f"random stream is reseeded from step {step} (weights, optimizer and counters continue)",
+                  file=sys.stderr)
         meta = resumed["training"]
         samples, wall_before = int(meta["samples_seen"]), float(meta["wall_time_s"])
         cpu_before = float(meta.get("cpu_time_s", meta["wall_time_s"]))
         history = {**history, **(meta.get("history") or {})}
         init_from = meta.get("init_from")
 
+    # the lineage's runs: where each stretch of training ran, from which step, with what settings
+    history.setdefault("runs", []).append({
+        "from_step": step, "device": _device_name(device), "precision": precision, "batch_size": opts.batch_size,
+        "lr": opts.lr, "compile": bool(opts.compile and device.type == "cuda"),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     ab = torch.tensor(schedule.alphas_cumprod, dtype=torch.float32, device=device)
     sqrt_ab, sqrt_1mab = ab.sqrt(), (1.0 - ab).sqrt()
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)

@@ -14,24 +14,28 @@ def test_gpu_campaign_dry_run(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     res = json.loads((tmp_path / "campaign.json").read_text())
     stages = res["stages"]
-    assert list(stages) == ["env", "train", "build", "tests", "speed", "quality", "paper"]
-    assert any(f["label"].startswith("network/") for f in stages["speed"]["figures"])
+    assert list(stages) == ["env", "train", "tests", "build", "quality_mini", "quality_small",
+                            "quality_conditional", "paper", "speed"]
     assert all(s["status"] == "ok" for s in stages.values()), {k: s.get("error") for k, s in stages.items()}
     assert stages["env"]["modules"]["gp_engine"] != "missing"
-    assert stages["train"]["steps"] >= 1 and (tmp_path / "gpu_tiny.pt").is_file()
-    assert stages["build"]["target"] == "eps" and stages["build"]["encoding"]["kind"] == "bits"
-    assert (tmp_path / "model" / "manifest.json").is_file()
-    q = stages["quality"]["summary"]
+    train = stages["train"]
+    assert train["lineages_side_by_side"] == 3
+    for name, ckpt in (("mini", "gpu_mini.pt"), ("small", "gpu_small.pt"),
+                       ("conditional", "gpu_conditional_mini.pt")):
+        assert train[name]["steps"] >= 1 and (tmp_path / ckpt).is_file(), name
+    assert any(f["label"].startswith("network/") for f in stages["speed"]["figures"])
+    build = stages["build"]
+    assert build["mini"]["target"] == "eps" and build["mini"]["encoding"]["kind"] == "bits"
+    assert build["conditional"]["model_kind"] == "conditional"
+    assert json.loads((tmp_path / "model_conditional" / "manifest.json").read_text())["model_kind"] == "conditional"
+    q = stages["quality_mini"]["summary"]
     assert q["grains"] > 0 and all(q[k] >= 0 for k in ("kl_volume", "kl_aspect", "kl_centroid"))
+    assert stages["quality_mini"]["seams"] is None  # one 32³ block: no block faces inside
+    qc = stages["quality_conditional"]
+    assert qc["preset"] == "conditional" and qc["runs"][0]["evaluations_per_block"] == 4
 
 
-def test_gpu_campaign_conditional_dry_run(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_campaign.py"), "--dry-run", "--conditional",
-                        "--skip", "tests", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    stages = json.loads((tmp_path / "campaign.json").read_text())["stages"]
-    assert all(s["status"] == "ok" for s in stages.values()), {k: s.get("error") for k, s in stages.items()}
-    assert (tmp_path / "gpu_conditional_tiny.pt").is_file()
-    manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
-    assert manifest["model_kind"] == "conditional"
-    assert stages["quality"]["preset"] == "conditional" and stages["quality"]["runs"][0]["evaluations_per_block"] == 4
+def test_gpu_campaign_rejects_an_unknown_lineage(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_campaign.py"), "--dry-run", "--lineages",
+                        "mini,huge", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "unknown lineage 'huge'" in r.stderr

@@ -62,6 +62,24 @@ def test_resume_continues_exactly(data_dir, tmp_path):
     assert a["training"]["samples_seen"] == b["training"]["samples_seen"] == 8
 
 
+def test_resume_from_another_device_reseeds_and_records_the_run(data_dir, tmp_path, capsys):
+    """A CPU lineage continued on a GPU (or back): the CPU generator's state cannot drive the other
+    device's generator, so the stream is reseeded from the step; weights and counters continue and the
+    lineage records each run's device."""
+    from gp_engine.checkpoint import save_checkpoint
+
+    out = tmp_path / "x.pt"
+    train(_opts(data_dir, out, steps=2))
+    ck = load_checkpoint(out)
+    ck["rng"] = {"generator": torch.zeros(16, dtype=torch.uint8), "device": "cuda"}  # a CUDA state's shape
+    save_checkpoint(out, ck)
+    meta = train(_opts(data_dir, out, steps=3, resume=True))
+    assert meta["steps"] == 3 and meta["samples_seen"] == 6
+    assert "reseeded from step 2" in capsys.readouterr().err
+    runs = meta["history"]["runs"]
+    assert [r["from_step"] for r in runs] == [0, 2] and all(r["device"] for r in runs)
+
+
 def test_time_limit_stops_and_checkpoints(data_dir, tmp_path):
     out = tmp_path / "t.pt"
     meta = train(_opts(data_dir, out, steps=1000, time_limit_min=0.0, encoding="paper"))
