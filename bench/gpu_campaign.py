@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/
+from provenance import git_commit  # noqa: E402
 from stats_floor import PAPER_R10  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,6 +130,10 @@ class Campaign:
         tmp = self.out / "campaign.json.tmp"
         tmp.write_text(json.dumps(self.result, indent=1, default=str))
         os.replace(tmp, self.out / "campaign.json")
+        try:
+            (self.out / "campaign.md").write_text(report_md(json.loads(json.dumps(self.result, default=str))) + "\n")
+        except Exception as exc:  # noqa: BLE001 - the summary must never cost the results
+            print(f"[campaign] campaign.md not written: {type(exc).__name__}: {exc}", flush=True)
 
 
 def env_info() -> dict:
@@ -253,7 +258,15 @@ def main(argv=None) -> int:
     p.add_argument("--skip", default="", help="comma-separated stages to skip (train, tests, build, quality, paper, speed)")
     p.add_argument("--dry-run", action="store_true", help="CPU smoke run in seconds (CI)")
     p.add_argument("--train-lineage", help=argparse.SUPPRESS)  # internal: one lineage's training process
+    p.add_argument("--report", metavar="CAMPAIGN_JSON", help="only write the Markdown summary of a campaign.json "
+                   "(next to it, .md) and print it")
     a = p.parse_args(argv)
+    if a.report:
+        src = Path(a.report)
+        text = report_md(json.loads(src.read_text()))
+        src.with_suffix(".md").write_text(text + "\n")
+        print(text)
+        return 0
 
     out = Path(a.out)
     skip = {s.strip() for s in a.skip.split(",") if s.strip()}
@@ -276,7 +289,7 @@ def main(argv=None) -> int:
         (out / f"train_{a.train_lineage}.json").write_text(json.dumps(res, indent=1, default=str))
         return 0
 
-    commit = os.environ.get("GP_COMMIT") or _git_commit()
+    commit = git_commit()
     camp = Campaign(out, a.deadline, {"bench": "gpu_campaign", "dry_run": dry, "commit": commit,
                                       "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                       "args": vars(a)})
@@ -409,6 +422,60 @@ def main(argv=None) -> int:
     return 1 if failed else 0
 
 
+def report_md(res: dict) -> str:
+    """A Markdown summary of a campaign.json: lineages trained, quality beside the floor and Table 1, speed."""
+    st = res.get("stages", {})
+    lines = [f"# GPU campaign {res.get('date', '?')} on {res.get('device', '?')}",
+             "", f"Commit `{str(res.get('commit'))[:10]}`, {'dry run, ' if res.get('dry_run') else ''}"
+             f"{res.get('elapsed_s', '?')} s in all. Stages: "
+             + ", ".join(f"{k} {v.get('status')}" + (f" ({v.get('seconds')} s)" if v.get("seconds") is not None else "")
+                         for k, v in st.items()) + ".", ""]
+    tr = st.get("train") or {}
+    rows = [(k, v) for k, v in tr.items() if isinstance(v, dict) and "steps" in v]
+    if rows:
+        lines += [f"## Training ({tr.get('lineages_side_by_side')} lineages side by side on the one GPU"
+                  f"{', GPU tests alongside' if tr.get('gpu_tests_alongside') else ''})", "",
+                  "| lineage | started from | compiled | steps (total) | samples this run | samples/s (wall, incl. start-up) | val x̂₀ err |",
+                  "|---|---|---|---|---|---|---|"]
+        for k, v in rows:
+            x0w = v.get("final_val_x0w")
+            lines.append(f"| {k} | {v.get('resumed_from') or v.get('init_from') or 'new'} | {v.get('compiled')} | "
+                         f"{v['steps']} | {v['samples_this_run']:,} | {v['samples_per_s']:.0f} | "
+                         f"{x0w:.4f} |" if x0w is not None else "– |")
+        lines.append("")
+    q = [(k[len("quality_"):], v) for k, v in st.items() if k.startswith("quality_") and v.get("status") == "ok"]
+    if st.get("paper", {}).get("status") == "ok":
+        q.append((f"{st['paper'].get('lineage')} (paper)", st["paper"]))
+    if q:
+        lines += ["## Quality (KL against validation SPPARKS 1019-1023; Gaussian-KDE estimator of gp_engine.stats)", "",
+                  f"Paper's Table 1 (r = 10): {PAPER_R10['kl_volume']} / {PAPER_R10['kl_aspect']} / "
+                  f"{PAPER_R10['kl_centroid']}. SPPARKS median grain 361 voxels.", "",
+                  "| lineage | sampler | volumes | backend | voxels/min | KL volume | KL aspect | KL centroid | grains | "
+                  "median vol | voxels in < 20 | seam / interior boundary density |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for k, v in q:
+            sm, runs = v["summary"], v.get("runs") or [{}]
+            vpm = [r["voxels_per_min"] for r in runs if r.get("voxels_per_min")]
+            seam = v.get("seams")
+            lines.append(f"| {k} | {v['preset']} | {v['volumes']}×{'x'.join(map(str, v['shape']))} | "
+                         f"{runs[-1].get('backend')}{' (fallback)' if v.get('fallback_from') else ''} | "
+                         f"{(np.median(vpm) if vpm else 0):,.0f} | {sm['kl_volume']:.3f} | {sm['kl_aspect']:.3f} | "
+                         f"{sm['kl_centroid']:.3f} | {sm['grains']} | {sm['median_volume']:.0f} | "
+                         f"{100 * v.get('share_voxels_small_grains', 0):.1f} % | "
+                         + (f"{seam['seam_boundary_density']:.3f} / {seam['interior_boundary_density']:.3f} |" if seam else "– |"))
+        lines.append("")
+    t = st.get("tests") or {}
+    if t.get("tail"):
+        lines += ["## GPU tests", "", f"exit {t.get('returncode')}: `{t['tail'][-1]}`", ""]
+    sp = st.get("speed") or {}
+    figs = [f for f in sp.get("figures") or [] if "cuda" in f["label"] or f["label"].startswith("sampler")]
+    if figs:
+        lines += ["## Speed (bench/regress.py on this device)", "", "| figure | value | unit |", "|---|---|---|"]
+        lines += [f"| {f['label']} | {f['value']:.4g} | {f['unit']} |" for f in figs]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def quality_with_fallback(model_dir: Path, data: Path, out: Path, preset: str, volumes: int, shape, backend: str,
                           batch: int, **kw) -> dict:
     """``quality`` on ``backend``; if the torch-CUDA backend fails, one 64³ volume on onnxruntime instead,
@@ -428,14 +495,6 @@ def _samples_before(path: Path) -> int:
     from gp_engine.checkpoint import load_checkpoint
 
     return int(load_checkpoint(path)["training"]["samples_seen"])
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 if __name__ == "__main__":

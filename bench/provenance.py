@@ -54,7 +54,10 @@ def gpu_name() -> str | None:
 
 
 def git_commit(root: str | Path = ROOT) -> str:
-    """``git rev-parse HEAD`` of the repository at ``root``, or "unknown" (no git, not a checkout)."""
+    """``$GP_COMMIT`` when set (a copy of the tree on another machine, whose ``.git`` may be stale: the
+    GPU campaign sets it), else ``git rev-parse HEAD`` of the repository at ``root``, or "unknown"."""
+    if os.environ.get("GP_COMMIT"):
+        return os.environ["GP_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                               check=True).stdout.strip() or "unknown"

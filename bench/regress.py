@@ -10,8 +10,9 @@ from its manifest, the presets from gp_engine.plan_config):
 
 * ``network/<backend>/b<B>/<precision>``: milliseconds per block-evaluation of the shipped model
   (one call = one batch of B blocks), median over calls;
-* ``sampler/<preset>/b<B>``: block-evaluations per second of :func:`gp_engine.repaint.sample_batch`
-  on a grid-plan-like batch (55 % known voxels), and ``overhead_share``: the share of a sampler step
+* ``sampler/<engine>/<preset>/b<B>``: block-evaluations per second of :func:`gp_engine.repaint.sample_batch`
+  (the CPU walk, also with a GPU engine: the on-device CUDA-graph sampler is timed by the GPU
+  campaign's quality stages) on a grid-plan-like batch (55 % known voxels), and ``overhead_share``: the share of a sampler step
   that is not the network, both from the same run (a ratio within one run, so a loaded machine
   moves it little);
 * ``segment/<method>``: voxels per second and peak bytes per voxel (tracemalloc) of
@@ -155,9 +156,9 @@ def time_sampler(eng, manifest, b: int, rounds: int, steps: int) -> list[dict]:
         total = time.perf_counter() - t0
         rate.append(b * setup.evaluations / total)
         share.append((total - timed.net) / total)
-    return [{"label": f"sampler/{preset}/b{b}", "unit": "block_evals_per_s", "value": float(np.median(rate)),
+    return [{"label": f"sampler/{eng.name}/{preset}/b{b}", "unit": "block_evals_per_s", "value": float(np.median(rate)),
              "rounds": rate, "spread": spread(rate)},
-            {"label": f"sampler/{preset}/b{b}/overhead_share", "unit": "share of the step outside the network",
+            {"label": f"sampler/{eng.name}/{preset}/b{b}/overhead_share", "unit": "share of the step outside the network",
              "value": float(np.median(share)), "rounds": share, "spread": spread(share)}]
 
 

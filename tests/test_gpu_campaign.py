@@ -31,6 +31,8 @@ def test_gpu_campaign_dry_run(tmp_path):
     q = stages["quality_mini"]["summary"]
     assert q["grains"] > 0 and all(q[k] >= 0 for k in ("kl_volume", "kl_aspect", "kl_centroid"))
     assert stages["quality_mini"]["seams"] is None  # one 32³ block: no block faces inside
+    md = (tmp_path / "campaign.md").read_text()
+    assert "## Training (3 lineages side by side" in md and "| conditional | conditional | 1×32x32x32 |" in md
     qc = stages["quality_conditional"]
     assert qc["preset"] == "conditional" and qc["runs"][0]["evaluations_per_block"] == 4
 

@@ -277,9 +277,10 @@ def test_compiled_noise_equals_the_eager_noise():
     setup = repaint.make_setup(linear_schedule(250), SimpleNamespace(steps=3, resample=1, jump=1, tail=0))
     x0, mask = random_batch(2)
     ids = np.array([3, 8])
-    eager = TorchSampler(TinyTorch(), setup, 2, device="cuda", compile_noise=False, use_graphs=False).run(
+    # the sampler runs the model where it is (TorchEngine moves it): on the GPU here
+    eager = TorchSampler(TinyTorch().cuda(), setup, 2, device="cuda", compile_noise=False, use_graphs=False).run(
         x0, mask, ids, 4)
-    fused = TorchSampler(TinyTorch(), setup, 2, device="cuda", compile_noise=True)
+    fused = TorchSampler(TinyTorch().cuda(), setup, 2, device="cuda", compile_noise=True)
     out = fused.run(x0, mask, ids, 4)
     assert fused.noise_compile_error is None, fused.noise_compile_error
     np.testing.assert_allclose(out, eager, rtol=0, atol=1e-5)
