@@ -24,8 +24,10 @@ still reports what it did):
 5. ``quality_<lineage>``  four 100³ volumes (``fast``; the conditional lineage at its ``conditional``
                   preset) on the torch-CUDA backend, KL against validation SPPARKS 1019-1023 (with the
                   paper's Table 1 beside it).
-6. ``paper``      one 100³ volume of the ``small`` lineage at ``paper`` settings: wall time, voxels/min
-                  (paper: ~25k voxels/min on two A100s), statistics.
+6. ``paper``      one 32³ block of the ``small`` lineage at ``paper`` settings (2,490 evaluations): seconds
+                  per block against the paper's 83 s on an A100, and the 100³ time it implies (8 stages,
+                  each one batched walk). A whole 100³ volume at paper settings takes ~5 min on an H200
+                  with ``small`` (measured: more than 270 s), more than a loan can spare.
 7. ``speed``      ``bench/regress.py`` on this device with the ``mini`` model.
 
     bash bench/gpu_carry.sh                                   # here: wheels + data into .gpu_carry/
@@ -389,11 +391,29 @@ def main(argv=None) -> int:
             2 if dry else 64, progress=not dry, segmentation=seg, steps=steps), need_s=45)
 
     pl = a.paper_lineage if a.paper_lineage in names else names[0]
-    if "paper" not in skip and (model_dir(pl) / "manifest.json").is_file():
+
+    def paper_stage():
+        # one 32³ block at paper settings: the paper's own unit (83 s per block on an A100); a 100³ volume
+        # is 8 stages of 8 blocks, each stage one batched walk, so it takes about 8 such walks
+        from gp_engine.generate import generate, plan_blocks
+
         p_preset = "fast" if dry else ("conditional" if LINEAGES[pl].conditional else "paper")
-        camp.stage("paper", lambda: {"lineage": pl, **quality(
-            model_dir(pl), data, out / "paper", p_preset, 1, shape, backend, 2 if dry else 64,
-            progress=not dry, segmentation=seg)}, need_s=150)
+        o = out / "paper"
+        plan = {"version": 1, "geometry": {"shape": [32, 32, 32]}, "model": str(model_dir(pl)),
+                "sampler": {"preset": p_preset, **({"steps": 4} if dry and LINEAGES[pl].conditional else {})},
+                "batch_size": 8, "backend": backend, "seed": 0,
+                "outputs": {"dir": str(o), "formats": ["npy", "png"]}, **({"segmentation": seg} if seg else {})}
+        res = generate(plan, out_dir=o, force=True, progress=not dry)
+        tm = res["timing"]
+        stages = len({b.stage for b in plan_blocks("grid", (100, 100, 100), 32)})
+        return {"lineage": pl, "preset": p_preset, "evaluations_per_block": tm["evaluations_per_block"],
+                "backend": tm["backend"], "seconds_per_block": round(tm["seconds"], 2),
+                "paper_seconds_per_block_a100": 83.0, "stages_of_a_100_cubed_volume": stages,
+                "projected_100_cubed_s": round(tm["seconds"] * stages, 1),
+                "projected_100_cubed_voxels_per_min": round(1e6 / (tm["seconds"] * stages) * 60)}
+
+    if "paper" not in skip and (model_dir(pl) / "manifest.json").is_file():
+        camp.stage("paper", paper_stage, need_s=75)
 
     def speed_stage():  # bench/regress.py on this device: network per batch, sampler, segmentation
         import regress
@@ -444,8 +464,6 @@ def report_md(res: dict) -> str:
                          f"{x0w:.4f} |" if x0w is not None else "– |")
         lines.append("")
     q = [(k[len("quality_"):], v) for k, v in st.items() if k.startswith("quality_") and v.get("status") == "ok"]
-    if st.get("paper", {}).get("status") == "ok":
-        q.append((f"{st['paper'].get('lineage')} (paper)", st["paper"]))
     if q:
         lines += ["## Quality (KL against validation SPPARKS 1019-1023; Gaussian-KDE estimator of gp_engine.stats)", "",
                   f"Paper's Table 1 (r = 10): {PAPER_R10['kl_volume']} / {PAPER_R10['kl_aspect']} / "
@@ -464,6 +482,13 @@ def report_md(res: dict) -> str:
                          f"{100 * v.get('share_voxels_small_grains', 0):.1f} % | "
                          + (f"{seam['seam_boundary_density']:.3f} / {seam['interior_boundary_density']:.3f} |" if seam else "– |"))
         lines.append("")
+    pp = st.get("paper") or {}
+    if pp.get("status") == "ok" and "seconds_per_block" in pp:
+        lines += [f"## `{pp['preset']}` settings, one 32³ block ({pp['lineage']} lineage, {pp['backend']})", "",
+                  f"{pp['evaluations_per_block']} network evaluations in {pp['seconds_per_block']} s (the paper: "
+                  f"{pp['paper_seconds_per_block_a100']:.0f} s per block on an A100). A 100³ volume is "
+                  f"{pp['stages_of_a_100_cubed_volume']} such batched walks: about {pp['projected_100_cubed_s']:.0f} s, "
+                  f"{pp['projected_100_cubed_voxels_per_min']:,} voxels/min (projected).", ""]
     t = st.get("tests") or {}
     if t.get("tail"):
         lines += ["## GPU tests", "", f"exit {t.get('returncode')}: `{t['tail'][-1]}`", ""]

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -33,6 +35,10 @@ def test_gpu_campaign_dry_run(tmp_path):
     assert stages["quality_mini"]["seams"] is None  # one 32³ block: no block faces inside
     md = (tmp_path / "campaign.md").read_text()
     assert "## Training (3 lineages side by side" in md and "| conditional | conditional | 1×32x32x32 |" in md
+    pp = stages["paper"]
+    assert pp["lineage"] == "small" and pp["stages_of_a_100_cubed_volume"] == 8  # the grid plan of 100³
+    assert pp["projected_100_cubed_s"] == pytest.approx(8 * pp["seconds_per_block"], rel=0.02)
+    assert "one 32³ block (small lineage" in md
     qc = stages["quality_conditional"]
     assert qc["preset"] == "conditional" and qc["runs"][0]["evaluations_per_block"] == 4
 
