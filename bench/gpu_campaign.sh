@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command on a bare GPU machine (no registry): install what .gpu_carry/ brought, build the project,
 # run bench/gpu_campaign.py, and leave in $OUT what the device tool brings back (at most 8 files of
-# 16 MiB): the lineages' trainer checkpoints, campaign.json, campaign.log and results.tgz (everything
+# 16 MiB): the lineages' trainer checkpoints, campaign.json/.md, campaign.log and results.tgz (everything
 # else small: models' manifests, loss curves, slice pictures, test log). Prepare .gpu_carry/ first with
 # bench/gpu_carry.sh.
 #   device tool: run(command="bash bench/gpu_campaign.sh", carry=[".gpu_carry"], timeout_s=600)
@@ -39,7 +39,7 @@ for f in "$WORK"/*.pt; do
   [ -f "$f" ] || continue
   if [ "$(stat -c %s "$f")" -gt 16000000 ]; then split -b 15000000 -d "$f" "$OUT/$(basename "$f").part"; else cp "$f" "$OUT/"; fi
 done
-cp "$WORK/campaign.json" "$WORK/campaign.log" "$OUT/" 2>/dev/null
+cp "$WORK/campaign.json" "$WORK/campaign.md" "$WORK/campaign.log" "$OUT/" 2>/dev/null
 tar czf "$OUT/results.tgz" -C "$WORK" --exclude='*.pt' --exclude='*.onnx' --exclude='*.npy' --exclude='*.npz' \
   --exclude='*.vti' --exclude='*.h5' --exclude='campaign.log' .
 ls -la "$OUT"
