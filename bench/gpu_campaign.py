@@ -3,8 +3,10 @@
 Several model lineages train side by side on the one GPU (each in its own process, for the same wall
 minutes), then each is built, scored and brought back:
 
-- ``mini``        the shipped model's size (CPU-fast generation): continues ``checkpoints/gpu_mini.pt``,
-                  or, the first time, the best CPU lineage (``checkpoints/mini_minsnr_cpu.pt``);
+- ``mini3``       16/32/64 channels, three levels (the depth that got grain sizes and spacing right on
+                  the CPU): continues ``checkpoints/gpu_mini3.pt``, or, the first time, the CPU lineage
+                  ``checkpoints/mini3_minsnr_cpu.pt``;
+- ``mini``        (not run by default since the first loan) the 16/32 lineage ``checkpoints/gpu_mini.pt``;
 - ``small``       the GPU size (32/64 channels) aiming at the paper's Table 1: ``checkpoints/gpu_small.pt``
                   (a new Min-SNR analog-bits lineage when absent), torch.compile'd;
 - ``conditional`` the outpainting model (issue #11), TD-Paint clean-known convention:
@@ -24,11 +26,11 @@ still reports what it did):
 5. ``quality_<lineage>``  four 100³ volumes (``fast``; the conditional lineage at its ``conditional``
                   preset) on the torch-CUDA backend, KL against validation SPPARKS 1019-1023 (with the
                   paper's Table 1 beside it).
-6. ``paper``      one 32³ block of the ``small`` lineage at ``paper`` settings (2,490 evaluations): seconds
+6. ``paper``      one 32³ block of the ``mini3`` lineage at ``paper`` settings (2,490 evaluations): seconds
                   per block against the paper's 83 s on an A100, and the 100³ time it implies (8 stages,
                   each one batched walk). A whole 100³ volume at paper settings takes ~5 min on an H200
                   with ``small`` (measured: more than 270 s), more than a loan can spare.
-7. ``speed``      ``bench/regress.py`` on this device with the ``mini`` model.
+7. ``speed``      ``bench/regress.py`` on this device with the first lineage's model.
 
     bash bench/gpu_carry.sh                                   # here: wheels + data into .gpu_carry/
     device run: bash bench/gpu_campaign.sh                    # there: ≤ 10 minutes, results in $OUT
@@ -88,6 +90,8 @@ class Lineage:
 
 
 LINEAGES = {
+    # 16/32/64: the depth that got grain sizes and spacing right on the CPU (quality_per_compute.md)
+    "mini3": Lineage("mini3", "gpu_mini3.pt", "mini3_minsnr_cpu.pt", "mini3"),
     "mini": Lineage("mini", "gpu_mini.pt", "mini_minsnr_cpu.pt", "mini"),
     "small": Lineage("small", "gpu_small.pt", None, "small", compile=True, lr=6e-4),
     "conditional": Lineage("conditional", "gpu_conditional_mini.pt", "conditional_clean_cpu.pt", "mini",
@@ -252,9 +256,9 @@ def main(argv=None) -> int:
                    help="SPPARKS volumes: seeds 1001-1018 train, 1019-1023 validate")
     p.add_argument("--deadline", type=float, default=540.0, help="seconds for everything (default 540 = 9 min)")
     p.add_argument("--train-min", type=float, default=3.75, help="training wall minutes (default 3.75)")
-    p.add_argument("--lineages", default="mini,small,conditional",
+    p.add_argument("--lineages", default="mini3,small,conditional",
                    help=f"comma-separated lineages to train, build and score (of {', '.join(LINEAGES)})")
-    p.add_argument("--paper-lineage", default="small", help="lineage timed at paper settings (default small)")
+    p.add_argument("--paper-lineage", default="mini3", help="lineage timed at paper settings (default mini3)")
     p.add_argument("--batch-size", type=int, default=64, help="training blocks per step (default 64)")
     p.add_argument("--no-compile", action="store_true", help="never torch.compile (even the small lineage)")
     p.add_argument("--skip", default="", help="comma-separated stages to skip (train, tests, build, quality, paper, speed)")

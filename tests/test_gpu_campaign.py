@@ -16,34 +16,34 @@ def test_gpu_campaign_dry_run(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     res = json.loads((tmp_path / "campaign.json").read_text())
     stages = res["stages"]
-    assert list(stages) == ["env", "train", "tests", "build", "quality_mini", "quality_small",
+    assert list(stages) == ["env", "train", "tests", "build", "quality_mini3", "quality_small",
                             "quality_conditional", "paper", "speed"]
     assert all(s["status"] == "ok" for s in stages.values()), {k: s.get("error") for k, s in stages.items()}
     assert stages["env"]["modules"]["gp_engine"] != "missing"
     train = stages["train"]
     assert train["lineages_side_by_side"] == 3
-    for name, ckpt in (("mini", "gpu_mini.pt"), ("small", "gpu_small.pt"),
+    for name, ckpt in (("mini3", "gpu_mini3.pt"), ("small", "gpu_small.pt"),
                        ("conditional", "gpu_conditional_mini.pt")):
         assert train[name]["steps"] >= 1 and (tmp_path / ckpt).is_file(), name
     assert any(f["label"].startswith("network/") for f in stages["speed"]["figures"])
     build = stages["build"]
-    assert build["mini"]["target"] == "eps" and build["mini"]["encoding"]["kind"] == "bits"
+    assert build["mini3"]["target"] == "eps" and build["mini3"]["encoding"]["kind"] == "bits"
     assert build["conditional"]["model_kind"] == "conditional"
     assert json.loads((tmp_path / "model_conditional" / "manifest.json").read_text())["model_kind"] == "conditional"
-    q = stages["quality_mini"]["summary"]
+    q = stages["quality_mini3"]["summary"]
     assert q["grains"] > 0 and all(q[k] >= 0 for k in ("kl_volume", "kl_aspect", "kl_centroid"))
-    assert stages["quality_mini"]["seams"] is None  # one 32³ block: no block faces inside
+    assert stages["quality_mini3"]["seams"] is None  # one 32³ block: no block faces inside
     md = (tmp_path / "campaign.md").read_text()
     assert "## Training (3 lineages side by side" in md and "| conditional | conditional | 1×32x32x32 |" in md
     pp = stages["paper"]
-    assert pp["lineage"] == "small" and pp["stages_of_a_100_cubed_volume"] == 8  # the grid plan of 100³
+    assert pp["lineage"] == "mini3" and pp["stages_of_a_100_cubed_volume"] == 8  # the grid plan of 100³
     assert pp["projected_100_cubed_s"] == pytest.approx(8 * pp["seconds_per_block"], rel=0.02)
-    assert "one 32³ block (small lineage" in md
+    assert "one 32³ block (mini3 lineage" in md
     qc = stages["quality_conditional"]
     assert qc["preset"] == "conditional" and qc["runs"][0]["evaluations_per_block"] == 4
 
 
 def test_gpu_campaign_rejects_an_unknown_lineage(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_campaign.py"), "--dry-run", "--lineages",
-                        "mini,huge", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+                        "mini3,huge", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "unknown lineage 'huge'" in r.stderr
