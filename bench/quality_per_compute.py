@@ -125,7 +125,7 @@ def render_md(rows: list[dict]) -> str:
         c, s = r["config"], r["summary"]
         lines.append(
             f"| {c['name']} | {_enc(c.get('encoding'))} | {c['target']} | {c['weighting']} | {c['preset']} | {c['crop']} | {r['device_kind']} "
-            f"| {r.get('sampler_preset', 'fast')} | {r.get('segmentation', 'levels/5')} "
+            f"| {r.get('sampler_preset', 'fast')} κ{r.get('sharpen_x0', 0):g} | {r.get('segmentation', 'levels/5')} "
             f"| {r['budget_min_total']:.0f} | {r['samples_seen']} | {_fmt(r.get('final_val_x0w'))} "
             f"| {_fmt(r.get('final_val_eps_mse'))} "
             f"| {r['volumes']}×{'x'.join(map(str, r['shape']))} | {s['kl_volume']:.3f} | {s['kl_aspect']:.3f} "
@@ -254,8 +254,13 @@ def main(argv=None) -> int:
     if not (model_dir / "manifest.json").is_file():
         build_model(ckpt, model_dir, batch_sizes=[1, 8], log=lambda *_: None)
     grains, fields, gen_s = [], [], 0.0
+    from gp_engine.generate import sharpen_for
+
+    # the x̂0 sharpening κ the runs use (the model's default): part of the cache key, since volumes
+    # painted before it existed (κ = 0) must not be reused for a row that names today's sampler
+    kappa = sharpen_for((ck.get("encoding") or {}).get("kind"), None)
     for i in range(volumes):
-        out = work / f"gen_{tag}_{a.preset_sampler}_{'x'.join(map(str, shape))}_seed{i}"
+        out = work / f"gen_{tag}_{a.preset_sampler}_k{kappa:g}_{'x'.join(map(str, shape))}_seed{i}"
         if not (out / "grains.npy").is_file():
             plan = {"version": 1, "geometry": {"shape": list(shape)}, "model": str(model_dir),
                     "sampler": {"preset": a.preset_sampler}, "batch_size": 8, "backend": a.backend,
@@ -298,7 +303,7 @@ def main(argv=None) -> int:
            "steps": meta["steps"], "samples_seen": meta["samples_seen"],
            "final_train_loss": meta.get("final_train_loss"), "final_val_loss": meta.get("final_val_loss"),
            "final_val_x0w": meta.get("final_val_x0w"),
-           "sampler_preset": a.preset_sampler, "segmentation": seg_name, "volumes": volumes, "shape": shape,
+           "sampler_preset": a.preset_sampler, "sharpen_x0": kappa, "segmentation": seg_name, "volumes": volumes, "shape": shape,
            "reference": [q.name for q in refs_paths],
            "summary": {k: summary[k] for k in KEYS + ("grains", "mean_volume", "median_volume")},
            **grain_figures(grains),
