@@ -74,8 +74,23 @@ def watershed(field: np.ndarray, levels: int, min_size: int) -> np.ndarray:
 
 
 @numba.njit(cache=True)
+def _push_neighbours(ids, dist, queued, heap, x, y, z):
+    """Queue the unqueued 26-neighbours of (x, y, z) in its segment, highest distance first."""
+    nx, ny, nz = ids.shape
+    for dx in range(-1, 2):
+        for dy in range(-1, 2):
+            for dz in range(-1, 2):
+                a, b, c = x + dx, y + dy, z + dz
+                if 0 <= a < nx and 0 <= b < ny and 0 <= c < nz and not queued[a, b, c] \
+                        and ids[a, b, c] == ids[x, y, z]:
+                    queued[a, b, c] = True
+                    heapq.heappush(heap, (-np.float64(dist[a, b, c]), np.int64((a * ny + b) * nz + c)))
+
+
+@numba.njit(cache=True)
 def _flood(ids, dist, lobe):
-    """Priority flood (highest distance first) of every segment from its markers, 26-neighbourhood."""
+    """Priority flood (highest distance first) of every segment from its markers, 26-neighbourhood:
+    each voxel takes the lobe of its highest labelled neighbour in the same segment."""
     nx, ny, nz = ids.shape
     queued = lobe > 0
     heap = [(0.0, np.int64(0))]
@@ -84,38 +99,22 @@ def _flood(ids, dist, lobe):
         for y in range(ny):
             for z in range(nz):
                 if lobe[x, y, z] > 0:
-                    for dx in range(-1, 2):
-                        for dy in range(-1, 2):
-                            for dz in range(-1, 2):
-                                a, b, c = x + dx, y + dy, z + dz
-                                if a < 0 or b < 0 or c < 0 or a >= nx or b >= ny or c >= nz:
-                                    continue
-                                if not queued[a, b, c] and ids[a, b, c] == ids[x, y, z]:
-                                    queued[a, b, c] = True
-                                    heapq.heappush(heap, (-np.float64(dist[a, b, c]), np.int64((a * ny + b) * nz + c)))
+                    _push_neighbours(ids, dist, queued, heap, x, y, z)
     while len(heap) > 0:
-        _, i = heapq.heappop(heap)
-        x = i // (ny * nz); y = (i // nz) % ny; z = i % nz
-        best = -1.0; lab = 0
+        i = heapq.heappop(heap)[1]
+        x, y, z = i // (ny * nz), (i // nz) % ny, i % nz
+        best, lab = -1.0, 0
         for dx in range(-1, 2):
             for dy in range(-1, 2):
                 for dz in range(-1, 2):
                     a, b, c = x + dx, y + dy, z + dz
-                    if a < 0 or b < 0 or c < 0 or a >= nx or b >= ny or c >= nz:
-                        continue
-                    if lobe[a, b, c] > 0 and ids[a, b, c] == ids[x, y, z] and dist[a, b, c] > best:
-                        best = dist[a, b, c]; lab = lobe[a, b, c]
+                    if 0 <= a < nx and 0 <= b < ny and 0 <= c < nz and lobe[a, b, c] > 0 \
+                            and ids[a, b, c] == ids[x, y, z] and dist[a, b, c] > best:
+                        best, lab = dist[a, b, c], lobe[a, b, c]
         lobe[x, y, z] = lab
-        for dx in range(-1, 2):
-            for dy in range(-1, 2):
-                for dz in range(-1, 2):
-                    a, b, c = x + dx, y + dy, z + dz
-                    if a < 0 or b < 0 or c < 0 or a >= nx or b >= ny or c >= nz:
-                        continue
-                    if not queued[a, b, c] and ids[a, b, c] == ids[x, y, z]:
-                        queued[a, b, c] = True
-                        heapq.heappush(heap, (-np.float64(dist[a, b, c]), np.int64((a * ny + b) * nz + c)))
+        _push_neighbours(ids, dist, queued, heap, x, y, z)
     return lobe
+
 
 def split_necks(ids: np.ndarray, ratio: float = 0.7, min_peak: float = 2.0) -> np.ndarray:
     """Split segments at necks: one marker per maximum plateau (≥ ``min_peak``) of the distance to the
