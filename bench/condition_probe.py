@@ -12,7 +12,7 @@ away ("far"), for
 A model that uses its condition has a much lower near error with it than without; the far error
 barely changes. Writes bench/results/condition_probe.json (rows accumulate).
 
-    python bench/condition_probe.py checkpoints/conditional_clean_cpu.pt
+    python bench/condition_probe.py checkpoints/gpu_conditional_mini.pt
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ bench/out/conditional/ and reused (an interrupted one resumes); rows accumulate 
 bench/results/conditional.{json,md} (a row is replaced when the same model, setting and box are
 scored again) with the plot bench/plots/conditional_kl_vs_evaluations.png.
 
-    python bench/conditional_vs_repaint.py --conditional checkpoints/conditional_cpu.pt \\
+    python bench/conditional_vs_repaint.py --conditional checkpoints/gpu_conditional_mini.pt \\
         --settings fast cond25 cond50 cond100 --shape 100 100 100 --volumes 4
-    python bench/conditional_vs_repaint.py --conditional checkpoints/conditional_cpu.pt \\
+    python bench/conditional_vs_repaint.py --conditional checkpoints/gpu_conditional_mini.pt \\
         --settings paper cond50 --shape 48 48 48 --volumes 2
 """
 

@@ -95,7 +95,7 @@ LINEAGES = {
     "mini": Lineage("mini", "gpu_mini.pt", "mini_minsnr_cpu.pt", "mini"),
     "small": Lineage("small", "gpu_small.pt", None, "small", compile=True, lr=6e-4),
     "conditional": Lineage("conditional", "gpu_conditional_mini.pt", "conditional_clean_cpu.pt", "mini",
-                           conditional=True, lr=5e-4, parent="gpu_mini.pt", sampler="conditional"),
+                           conditional=True, lr=5e-4, parent="gpu_mini3.pt", sampler="conditional"),
 }
 
 
