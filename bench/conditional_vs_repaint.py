@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from provenance import header  # noqa: E402
 from quality_generate import KEYS, SHARED, VALIDATION_SEEDS, floor_figures  # noqa: E402
+from quality_per_compute import grain_figures  # noqa: E402
 from seams import block_seams, plane_report  # noqa: E402
 from stats_floor import PAPER_R10  # noqa: E402
 
@@ -118,9 +119,7 @@ def run_setting(setting: str, model: Path | None, shape, volumes: int, work: Pat
         print(f"  {setting} seed {seed}: {st['timing'].get('voxels_per_min') or 0:,.0f} vox/min", flush=True)
     refs = [read_volume(SHARED / f"potts_iso_100_seed{s}.npz") for s in VALIDATION_SEEDS]
     summary = summarize(grains, refs)
-    sizes = np.concatenate([np.bincount(g.ravel())[1:] for g in grains])
-    sizes = sizes[sizes > 0]
-    small = float(sizes[sizes < 20].sum() / sizes.sum())
+    small = grain_figures(grains)["share_voxels_small_grains"]
     vpm = [t["voxels_per_min"] for t in timings if t.get("voxels_per_min")]
     return {
         "setting": setting, "sampler": sampler, "model": manifest["name"], "model_kind": manifest.get("model_kind", "unconditional"),

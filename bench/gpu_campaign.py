@@ -60,11 +60,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/
 from provenance import git_commit  # noqa: E402
+from quality_generate import KEYS, VALIDATION_SEEDS  # noqa: E402
+from quality_per_compute import grain_figures  # noqa: E402
 from stats_floor import PAPER_R10  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYS = ("kl_volume", "kl_aspect", "kl_centroid")
-VALIDATION_SEEDS = range(1019, 1024)
 
 
 @dataclass(frozen=True)
@@ -164,6 +164,17 @@ def env_info() -> dict:
     return info
 
 
+def plan_for(model_dir: Path, shape, preset: str, steps: int | None, batch: int, backend: str, seed: int,
+             out: Path, segmentation: dict | None) -> dict:
+    """The generation plan of one campaign volume (PNG pictures and the .npy volumes, which stay behind)."""
+    plan = {"version": 1, "geometry": {"shape": list(shape)}, "model": str(model_dir),
+            "sampler": {"preset": preset, **({"steps": steps} if steps else {})}, "batch_size": batch,
+            "backend": backend, "seed": seed, "outputs": {"dir": str(out), "formats": ["npy", "png"]}}
+    if segmentation:
+        plan["segmentation"] = segmentation
+    return plan
+
+
 def quality(model_dir: Path, data: Path, out: Path, preset: str, volumes: int, shape, backend: str,
             batch: int, progress: bool, segmentation: dict | None = None, steps: int | None = None) -> dict:
     from gp_engine.generate import generate, plan_blocks
@@ -175,12 +186,8 @@ def quality(model_dir: Path, data: Path, out: Path, preset: str, volumes: int, s
     corners = [b.corner for b in plan_blocks("grid", tuple(shape), 32)]
     for i in range(volumes):
         o = out / f"seed{i}"
-        plan = {"version": 1, "geometry": {"shape": list(shape)}, "model": str(model_dir),
-                "sampler": {"preset": preset, **({"steps": steps} if steps else {})}, "batch_size": batch, "backend": backend, "seed": i,
-                "outputs": {"dir": str(o), "formats": ["npy", "png"]}}
-        if segmentation:
-            plan["segmentation"] = segmentation
-        res = generate(plan, out_dir=o, force=True, progress=progress)
+        res = generate(plan_for(model_dir, shape, preset, steps, batch, backend, i, o, segmentation),
+                       out_dir=o, force=True, progress=progress)
         runs.append({k: res["timing"][k] for k in ("seconds", "voxels_per_min", "backend",
                                                    "evaluations_per_block", "blocks")})
         grains.append(np.load(o / "grains.npy"))
@@ -191,11 +198,9 @@ def quality(model_dir: Path, data: Path, out: Path, preset: str, volumes: int, s
     if not refs:
         raise RuntimeError(f"no validation volumes (seeds 1019-1023) in {data}")
     s = summarize(grains, refs)
-    sizes = np.concatenate([np.bincount(g.ravel())[1:] for g in grains])
-    sizes = sizes[sizes > 0]
     return {"preset": preset, "volumes": volumes, "shape": list(shape), "runs": runs,
             "summary": {k: s[k] for k in KEYS + ("grains", "mean_volume", "median_volume")},
-            "share_voxels_small_grains": float(sizes[sizes < 20].sum() / max(sizes.sum(), 1)),
+            "share_voxels_small_grains": grain_figures(grains)["share_voxels_small_grains"],
             "seams": {k: float(np.mean([r[k] for r in seams])) for k in seams[0]} if seams else None,
             "reference_grains": s["reference"]["grains"], "reference_median_volume": s["reference"]["median_volume"],
             "ratio_to_paper": {k: s[k] / PAPER_R10[k] for k in KEYS}, "paper_table1_r10": PAPER_R10}
@@ -403,11 +408,9 @@ def main(argv=None) -> int:
 
         p_preset = "fast" if dry else ("conditional" if LINEAGES[pl].conditional else "paper")
         o = out / "paper"
-        plan = {"version": 1, "geometry": {"shape": [32, 32, 32]}, "model": str(model_dir(pl)),
-                "sampler": {"preset": p_preset, **({"steps": 4} if dry and LINEAGES[pl].conditional else {})},
-                "batch_size": 8, "backend": backend, "seed": 0,
-                "outputs": {"dir": str(o), "formats": ["npy", "png"]}, **({"segmentation": seg} if seg else {})}
-        res = generate(plan, out_dir=o, force=True, progress=not dry)
+        steps = 4 if dry and LINEAGES[pl].conditional else None
+        res = generate(plan_for(model_dir(pl), [32] * 3, p_preset, steps, 8, backend, 0, o, seg),
+                       out_dir=o, force=True, progress=not dry)
         tm = res["timing"]
         stages = len({b.stage for b in plan_blocks("grid", (100, 100, 100), 32)})
         return {"lineage": pl, "preset": p_preset, "evaluations_per_block": tm["evaluations_per_block"],
@@ -465,7 +468,7 @@ def report_md(res: dict) -> str:
             x0w = v.get("final_val_x0w")
             lines.append(f"| {k} | {v.get('resumed_from') or v.get('init_from') or 'new'} | {v.get('compiled')} | "
                          f"{v['steps']} | {v['samples_this_run']:,} | {v['samples_per_s']:.0f} | "
-                         f"{x0w:.4f} |" if x0w is not None else "– |")
+                         + (f"{x0w:.4f} |" if x0w is not None else "– |"))
         lines.append("")
     q = [(k[len("quality_"):], v) for k, v in st.items() if k.startswith("quality_") and v.get("status") == "ok"]
     if q:
