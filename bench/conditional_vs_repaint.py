@@ -49,17 +49,22 @@ PLOT = ROOT / "bench" / "plots" / "conditional_kl_vs_evaluations.png"
 
 
 def sampler_for(setting: str) -> dict:
-    """The plan's sampler section for a setting name: fast, paper, condN, condN-etaE, each optionally
-    with -kK (x̂0 sharpening κ = K; default: the model's, gp_engine.generate.DEFAULT_SHARPEN for bits)."""
-    m = re.fullmatch(r"(fast|paper|cond(\d+))(?:-eta([0-9.]+))?(?:-k([0-9.]+))?", setting)
-    if not m:
-        raise SystemExit(f"conditional_vs_repaint: setting {setting!r} is unknown; use fast, paper, condN, "
-                         "condN-etaE, with an optional -kK")
+    """The plan's sampler section for a setting name: fast or paper, optionally with -sS (steps), -rR
+    (resamples) and -jJ (jump length) overriding the preset's; condN; each optionally with -etaE (η) and
+    -kK (x̂0 sharpening κ = K; default: the model's, gp_engine.generate.DEFAULT_SHARPEN for bits)."""
+    m = re.fullmatch(r"(fast|paper|cond(\d+))(?:-s(\d+))?(?:-r(\d+))?(?:-j(\d+))?(?:-eta([0-9.]+))?"
+                     r"(?:-k([0-9.]+))?", setting)
+    if not m or (m.group(2) is not None and (m.group(4) or m.group(5))):
+        raise SystemExit(f"conditional_vs_repaint: setting {setting!r} is unknown; use fast or paper (with optional "
+                         "-sSTEPS -rRESAMPLE -jJUMP), condN, each with optional -etaE and -kK")
     out = {"preset": m.group(1)} if m.group(2) is None else {"preset": "conditional", "steps": int(m.group(2))}
-    if m.group(3) is not None:
-        out["eta"] = float(m.group(3))
-    if m.group(4) is not None:
-        out["sharpen_x0"] = float(m.group(4))
+    for group, key in ((3, "steps"), (4, "resample"), (5, "jump")):
+        if m.group(group) is not None:
+            out[key] = int(m.group(group))
+    if m.group(6) is not None:
+        out["eta"] = float(m.group(6))
+    if m.group(7) is not None:
+        out["sharpen_x0"] = float(m.group(7))
     return out
 
 

@@ -95,6 +95,7 @@ def time_network(model_dir, manifest, backend: str, b: int, rounds: int, calls: 
                  precision: str | None = None) -> dict:
     from gp_engine.conditional import make_cond, model_kind
     from gp_engine.generate import _channels
+    from gp_engine.self_cond import uses_self_cond
     from gp_engine.runtime import load_engine
 
     eng = load_engine(model_dir, backend, b, precision=precision)
@@ -131,7 +132,7 @@ def time_sampler(eng, manifest, b: int, rounds: int, steps: int) -> list[dict]:
     preset = "conditional" if cond else "fast"
     setup = repaint.make_setup(Schedule.from_dict(manifest["schedule"]),
                                SimpleNamespace(steps=steps, resample=0, jump=1, tail=0), clip_x0=True,
-                               conditional=cond)
+                               conditional=cond, self_cond=uses_self_cond(manifest))
     x0, mask = _batch(b, _channels(manifest), seed=2)
     ids = np.arange(b)
 

@@ -72,16 +72,9 @@ def check_sampler_fits(kind: str, preset: str, resample: int, where: str = "plan
 def widen_state_dict(state: dict, config: dict) -> dict:
     """An unconditional U-Net's weights for the conditional ``config``: the stem gets zero weights on
     the condition channels (the widened net computes the same function when cond is zero)."""
-    import torch
+    from .self_cond import widen_stem
 
-    out = dict(state)
-    w = state["stem.weight"]
-    extra = int(config["cond_channels"])
-    if w.shape[1] != int(config["in_channels"]):
-        raise GPEngineError(f"cannot widen a stem with {w.shape[1]} input channels to {config['in_channels']} "
-                            f"+ {extra}: the checkpoint's encoding differs")
-    out["stem.weight"] = torch.cat([w, torch.zeros(w.shape[0], extra, *w.shape[2:], dtype=w.dtype)], dim=1)
-    return out
+    return widen_stem(state, int(config["in_channels"]), int(config["cond_channels"]))
 
 
 __all__ = ["KINDS", "cond_channels", "make_cond", "make_cond_torch", "model_kind", "check_sampler_fits",

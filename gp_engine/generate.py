@@ -422,6 +422,7 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
         preflight.check(plan, None, B, channels, (manifest.get("unet") or {}).get("channels"), where)
         from .conditional import check_sampler_fits, model_kind
         from .plan_config import resolve_sampler
+        from .self_cond import uses_self_cond
 
         kind = model_kind(manifest)
         sp = sampler_params(resolve_sampler(plan.sampler, kind, where))
@@ -429,7 +430,8 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
         sp.sharpen = sharpen_for((manifest.get("encoding") or {}).get("kind"), sp.sharpen)
         setup = repaint.make_setup(Schedule.from_dict(manifest["schedule"]), sp, clip_x0=sp.clip_x0,
                                    conditional=kind == "conditional",
-                                   known_clean=(manifest.get("objective") or {}).get("known_in_xt") == "clean")
+                                   known_clean=(manifest.get("objective") or {}).get("known_in_xt") == "clean",
+                                   self_cond=uses_self_cond(manifest))
         if block != 32:
             raise GPEngineError(f"{model_dir}: block_size {block} is not supported (only 32)")
         blocks = plan_blocks(getattr(plan, "plan_kind", "grid"), shape, block, mask, periodic)
@@ -460,8 +462,10 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
         timing = sample_canvas(engine, blocks, batches, canvas, setup, seed, block, progress, stop_after,
                                shift_first=enc.get("kind", "paper") == "paper")
         timing.update(backend=engine.name, batch_size=B, blocks=len(blocks), batches=len(batches),
-                      sampler={"preset": sp.preset, "steps": sp.steps, "resample": sp.resample, "eta": sp.eta,
-                               "sharpen_x0": sp.sharpen, "conditional": setup.conditional})
+                      sampler={"preset": sp.preset, "steps": sp.steps, "resample": sp.resample,
+                               "jump": sp.jump, "tail": sp.tail, "eta": sp.eta,
+                               "sharpen_x0": sp.sharpen, "conditional": setup.conditional,
+                               "self_cond": setup.self_cond})
         if own_engine and timing["batches_run"] and timing["seconds"] > 1.0:
             from . import timing as speed  # so that `gp-engine plan` can say how long the next run takes
 

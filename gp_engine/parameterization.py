@@ -106,7 +106,8 @@ def to_x0(target: str, pred: torch.Tensor, xt: torch.Tensor, a: torch.Tensor, s:
 
 
 class EpsAdapter(nn.Module):
-    """forward(x, t) -> ε for a network trained on ``target``: what the exporter and the torch backend run.
+    """forward(x, t[, cond][, x0_prev]) -> ε for a network trained on ``target``: what the exporter and the
+    torch backend run.
 
     ``t`` holds float model timestep indices (as the network takes them); √ᾱ and √(1-ᾱ) are looked up
     from float32 tables of the model's schedule (one Gather each in the ONNX graph). For ``eps`` the
@@ -125,8 +126,9 @@ class EpsAdapter(nn.Module):
     def config(self) -> dict:
         return self.net.config
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        pred = self.net(x, t) if cond is None else self.net(x, t, cond)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
+                x0_prev: torch.Tensor | None = None) -> torch.Tensor:
+        pred = self.net(x, t, cond, x0_prev)
         if self.target == "eps":
             return pred
         idx = t.round().long().clamp(0, self.sqrt_ab.shape[0] - 1)

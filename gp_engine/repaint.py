@@ -21,6 +21,7 @@ import numpy as np
 
 from . import mixing
 from .noise import CounterNoise
+from .self_cond import x0_prev_numpy
 from .diffusion import Schedule
 from .errors import GPEngineError
 
@@ -194,7 +195,8 @@ class EpsModel(Protocol):
     batch_size: int
     name: str
 
-    def predict_eps(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray: ...
+    def predict_eps(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None,
+                    x0_prev: np.ndarray | None = None) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,7 @@ class SamplerSetup:
     ``conditional``: the network also takes the condition (known values and mask,
     :func:`gp_engine.conditional.make_cond`), built once per batch; the walk then has no resampling.
     ``eta``: 1 = DDPM posterior steps (RePaint), 0 = deterministic DDIM (see ``coefficients``).
+    ``self_cond``: the network also takes its previous estimate of x0 (:mod:`gp_engine.self_cond`).
     """
 
     respaced: RespacedSchedule
@@ -213,6 +216,7 @@ class SamplerSetup:
     eta: float = 1.0
     sharpen: float = 0.0   # κ > 0: x̂_0 ← tanh(κ·x̂_0) instead of the clip (analog bits commit to ±1)
     known_clean: bool = False  # conditional models trained with clean known voxels in x_t (TD-Paint)
+    self_cond: bool = False
 
     @property
     def evaluations(self) -> int:
@@ -223,7 +227,7 @@ class SamplerSetup:
 
 
 def make_setup(schedule: Schedule, sampler, clip_x0: bool = False, conditional: bool = False,
-               known_clean: bool = False) -> SamplerSetup:
+               known_clean: bool = False, self_cond: bool = False) -> SamplerSetup:
     """Respace the model schedule and build the walk for a plan's sampler settings (``sampler.eta``,
     if present, picks DDPM (1) … DDIM (0) steps)."""
     rs = respace(schedule, int(sampler.steps))
@@ -237,7 +241,7 @@ def make_setup(schedule: Schedule, sampler, clip_x0: bool = False, conditional: 
     if known_clean and not conditional:
         raise GPEngineError("clean known voxels in x_t are a conditional model's convention")
     return SamplerSetup(rs, schedule_from_sampler(sampler, schedule.T), clip_x0, bool(conditional), eta, sharpen,
-                        bool(known_clean))
+                        bool(known_clean), bool(self_cond))
 
 
 #: noise(out [B, n] float32, block_ids, seed, counter, stream, where=None): fills ``out`` (at least
@@ -255,7 +259,8 @@ def sample_batch(engine: EpsModel, x0: np.ndarray, mask: np.ndarray, block_ids: 
     ``engine.batch_size`` rows; the engine pads partial batches if it needs a fixed shape. With the
     default ``noise`` each row's noise depends only on its block id, so grouping never changes a
     block. ``on_step(k)`` is called after each network evaluation (progress). Raises GPEngineError on
-    NaN/inf output, naming the blocks.
+    NaN/inf output, naming the blocks. A self-conditioning model (``setup.self_cond``) gets each
+    evaluation's clipped x̂0 as ``x0_prev`` of the next one (zero at the first).
     """
     b = B = x0.shape[0]
     if b > int(engine.batch_size):
@@ -279,6 +284,8 @@ def sample_batch(engine: EpsModel, x0: np.ndarray, mask: np.ndarray, block_ids: 
         from .conditional import make_cond
 
         cond = make_cond(x0, mask)
+    x0_prev = np.zeros((B, n), np.float32) if setup.self_cond else None
+    extra: dict = {} if cond is None else {"cond": cond}
     for k, (i, j) in enumerate(setup.transitions):
         if j < i:  # reverse step: mix known voxels, predict ε, posterior sample
             if not setup.known_clean:
@@ -286,9 +293,13 @@ def sample_batch(engine: EpsModel, x0: np.ndarray, mask: np.ndarray, block_ids: 
                 mixing.mix_known(x, x0f, mf, c["sqrt_ab"][i], c["sqrt_1mab"][i], z)
             t_in[:] = c["t_model"][i]
             xin = x.reshape((B,) + shape[1:])
-            eps = engine.predict_eps(xin, t_in) if cond is None else engine.predict_eps(xin, t_in, cond)
+            if x0_prev is not None:
+                extra["x0_prev"] = x0_prev.reshape(xin.shape)
+            eps = engine.predict_eps(xin, t_in, **extra)
             eps = np.ascontiguousarray(eps, dtype=np.float32).reshape(B, n)
             check_finite(eps[:b], ids, k, engine)
+            if x0_prev is not None:  # this evaluation's estimate, for the next one
+                x0_prev_numpy(x, eps, c["sqrt_ab"][i], c["sqrt_1mab"][i], out=x0_prev)
             if c["sigma"][i] > 0:
                 noise(z, ids, seed, k, STREAM_STEP, unknown)
             mixing.posterior_step(x, eps, c["sqrt_ab"][i], c["sqrt_1mab"][i], c["c_x0"][i],

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import random
 import sys
 import tempfile
 import time
@@ -75,6 +76,7 @@ class TrainOptions:
     conditional: bool = False          # outpainting model: known values + mask as extra input channels
     known_input: str | None = None     # conditional: known voxels in x_t "clean" (TD-Paint, default) or "noisy"
     init_from: str | None = None       # start from this checkpoint's EMA weights (widened if conditional)
+    self_cond: bool = False            # self-conditioning: the previous x̂₀ as extra input channels
 
 
 def pick_device(name: str) -> torch.device:
@@ -97,6 +99,9 @@ def pick_precision(name: str, device: torch.device) -> str:
     return name
 
 
+#: share of training steps whose x0_prev is the model's own first-pass estimate (the rest get zero)
+SELF_COND_SHARE = 0.5
+
 #: logit = AUX_CE_SCALE · x̂₀ for the bits' auxiliary cross-entropy (x̂₀ = ±1 ↦ p = 0.98 / 0.02)
 AUX_CE_SCALE = 4.0
 
@@ -105,7 +110,7 @@ def diffusion_loss(model: torch.nn.Module, x0: torch.Tensor, t: torch.Tensor, no
                    sqrt_ab: torch.Tensor, sqrt_1mab: torch.Tensor, kind: str = "mse", target: str = "eps",
                    weighting: str = "uniform", gamma: float = DEFAULT_GAMMA,
                    return_common: bool = False, aux_ce: float = 0.0, known: torch.Tensor | None = None,
-                   known_clean: bool = False):
+                   known_clean: bool = False, self_cond: bool | None = None):
     """Loss at timesteps ``t``: x_t = √ᾱ x0 + √(1-ᾱ) ε, per-sample loss(model(x_t, t), target) × weight.
 
     ``return_common`` also returns a figure comparable across targets and weightings: the error of the
@@ -121,20 +126,33 @@ def diffusion_loss(model: torch.nn.Module, x0: torch.Tensor, t: torch.Tensor, no
     network also gets the condition (known values and mask) and every loss is averaged over the
     unknown voxels only; ``known_clean``: the known voxels of x_t hold their clean values (TD-Paint's
     timestep 0 for known voxels) instead of noisy ones.
+
+    ``self_cond`` (self-conditioning models, :mod:`gp_engine.self_cond`): None = the model takes no
+    ``x0_prev``; False = it gets zero; True = it gets its own clipped x̂₀ from a first pass with zero
+    (no gradient through that pass).
     """
     a, s = sqrt_ab[t], sqrt_1mab[t]
     shape = (-1,) + (1,) * (x0.dim() - 1)
     xt = a.view(shape) * x0 + s.view(shape) * noise
     if known is not None and known_clean:
         xt = torch.where(known[:, :1] > 0, x0, xt)
-    if known is None:
-        pred = model(xt, t.float()).float()
-        unknown = None
-    else:
+    args = (xt, t.float())
+    if known is not None:
         from .conditional import make_cond_torch
 
-        pred = model(xt, t.float(), make_cond_torch(x0, known)).float()
-        unknown = (1.0 - known[:, :1].float()).expand_as(pred)
+        args = args + (make_cond_torch(x0, known),)
+    kw = {}
+    if self_cond is not None:
+        from .parameterization import to_x0
+        from .self_cond import x0_prev_torch
+
+        kw["x0_prev"] = torch.zeros_like(xt)
+        if self_cond:
+            with torch.no_grad():
+                first = model(*args, **kw).float()
+            kw["x0_prev"] = x0_prev_torch(to_x0(target, first, xt, a, s)).to(xt.dtype)
+    pred = model(*args, **kw).float()
+    unknown = None if known is None else (1.0 - known[:, :1].float()).expand_as(pred)
 
     def per_sample_mean(e: torch.Tensor) -> torch.Tensor:
         if unknown is None:
@@ -258,12 +276,22 @@ class MaskSampler:
 
 def _init_weights(base: dict, config: dict) -> dict:
     """EMA weights of the ``--init-from`` checkpoint ``base`` for ``config`` (its U-Net, encoding and
-    schedule): an unconditional parent is widened for a conditional config (a conditional one stays conditional)."""
+    schedule): an unconditional parent is widened for a conditional config (a conditional one stays
+    conditional), a parent without self-conditioning for a self-conditioning one (zero weights on the
+    new stem channels: the same function at the start; a self-conditioning one stays so)."""
     from .conditional import widen_state_dict
+    from .self_cond import widen_stem
 
     state = base["ema"]
-    if int(base["config"].get("cond_channels", 0) or 0) != int(config.get("cond_channels", 0) or 0):
+    p_cond, n_cond = (int(c.get("cond_channels", 0) or 0) for c in (base["config"], config))
+    p_sc, n_sc = (bool(c.get("self_cond", False)) for c in (base["config"], config))
+    if p_cond != n_cond:
+        if p_sc:
+            raise GPEngineError("--init-from: a self-conditioning parent cannot be made conditional (its stem "
+                                "channels would move); start the conditional run from a parent without it")
         state = widen_state_dict(state, config)  # unconditional parent, --conditional run
+    if n_sc and not p_sc:
+        state = widen_stem(state, int(config["in_channels"]) + n_cond, int(config["in_channels"]))
     return state
 
 
@@ -380,6 +408,12 @@ def train(opts: TrainOptions) -> dict:
             raise GPEngineError("--conditional trains on 32³ blocks (the planner's masks are 32³); drop --crop")
         config = {**config, "cond_channels": cond_channels(int(config.get("in_channels", 1)))}
         objective["known_in_xt"] = opts.known_input or "clean"
+    if resumed is None and opts.self_cond:
+        config = {**config, "self_cond": True}
+        objective["self_cond_share"] = SELF_COND_SHARE
+    if resumed is not None and opts.self_cond and not config.get("self_cond"):
+        raise GPEngineError(f"--self-cond: {out} was trained without self-conditioning and a resumed run keeps "
+                            f"its model; start a new run from it with --init-from {out} --self-cond")
     if resumed is None and opts.init_from:
         init_state = _init_weights(init_base, config)
     conditional = int(config.get("cond_channels", 0) or 0) > 0
@@ -397,6 +431,10 @@ def train(opts: TrainOptions) -> dict:
     loss_opts = {"kind": objective["loss"], "target": target, "weighting": objective["weighting"],
                  "gamma": float(objective["gamma"]), "known_clean": objective.get("known_in_xt") == "clean"}
     train_loss_opts = {**loss_opts, "aux_ce": float(objective.get("aux_ce") or 0.0)}
+    self_cond = bool(config.get("self_cond", False))
+    if self_cond:  # validation: always the two-pass estimate, what sampling feeds after the first step
+        loss_opts["self_cond"] = True
+    sc_share = float(objective.get("self_cond_share", SELF_COND_SHARE))
 
     torch.manual_seed(opts.seed)  # weight init
     model = build_unet(config).to(device)
@@ -509,6 +547,8 @@ def train(opts: TrainOptions) -> dict:
             t = torch.randint(0, schedule.T, (opts.batch_size,), device=device, generator=gen)
             noise = torch.randn(x0.shape, device=device, generator=gen)
             known = masks.draw(opts.batch_size, gen) if masks is not None else None
+            if self_cond:  # a fixed coin per (seed, step): reproducible across --resume, no device sync
+                train_loss_opts["self_cond"] = random.Random(opts.seed * 1_000_003 + step).random() < sc_share
             with autocast():
                 loss = diffusion_loss(fwd, x0, t, noise, sqrt_ab, sqrt_1mab, known=known, **train_loss_opts)
             optim.zero_grad(set_to_none=True)

@@ -7,11 +7,14 @@ Only standard ONNX ops are produced on export.
 
 The model is fully described by a JSON-able config dict (stored in checkpoints and manifests)::
 
-    {"channels": [8, 16], "in_channels": 1, "out_channels": 1, "time_dim": 32, "cond_channels": 0}
+    {"channels": [8, 16], "in_channels": 1, "out_channels": 1, "time_dim": 32, "cond_channels": 0,
+     "self_cond": false}
 
 A *conditional* (outpainting) model has ``cond_channels`` > 0: ``forward(x, t, cond)`` concatenates
 ``cond`` [B, cond_channels, D, H, W] (the known values, zero where unknown, and the known mask; see
-:mod:`gp_engine.conditional`) to the noisy block before the first convolution.
+:mod:`gp_engine.conditional`) to the noisy block before the first convolution. A *self-conditioning*
+model (``self_cond``, :mod:`gp_engine.self_cond`) also takes ``x0_prev`` [B, in_channels, D, H, W], its
+previous estimate of the clean block (zero when there is none), concatenated after ``cond``.
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ def normalize_config(config: dict) -> dict:
     cond = cfg.setdefault("cond_channels", 0)
     if not (isinstance(cond, int) and cond >= 0):
         raise GPEngineError(f"U-Net config 'cond_channels' must be an integer >= 0, got {cond!r}")
+    sc = cfg.setdefault("self_cond", False)
+    if not isinstance(sc, bool):
+        raise GPEngineError(f"U-Net config 'self_cond' must be true or false, got {sc!r}")
     return cfg
 
 
@@ -106,10 +112,10 @@ class ResBlock(nn.Module):
 
 
 class UNet3D(nn.Module):
-    """forward(x [B, C, D, H, W], t [B] float timestep indices[, cond]) -> ε [B, C, D, H, W].
+    """forward(x [B, C, D, H, W], t [B] float timestep indices[, cond][, x0_prev]) -> ε [B, C, D, H, W].
 
     D, H, W must be divisible by 2**(levels-1); ``cond`` is required exactly when the config has
-    ``cond_channels`` > 0.
+    ``cond_channels`` > 0; ``x0_prev`` is taken (zero when omitted) exactly when it has ``self_cond``.
     """
 
     def __init__(self, config: dict):
@@ -119,7 +125,9 @@ class UNet3D(nn.Module):
         ch, td = cfg["channels"], cfg["time_dim"]
         self.time_embed = TimeEmbedding(td)
         self.cond_channels = int(cfg["cond_channels"])
-        self.stem = nn.Conv3d(cfg["in_channels"] + self.cond_channels, ch[0], 3, padding=1)
+        self.self_cond = bool(cfg["self_cond"])
+        self.stem = nn.Conv3d(cfg["in_channels"] * (2 if self.self_cond else 1) + self.cond_channels, ch[0], 3,
+                              padding=1)
         self.down_blocks = nn.ModuleList()
         self.downsamples = nn.ModuleList()
         prev = ch[0]
@@ -139,14 +147,22 @@ class UNet3D(nn.Module):
         self.out_conv = nn.Conv3d(ch[0], cfg["out_channels"], 3, padding=1)
         self.act = nn.SiLU()
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
+                x0_prev: torch.Tensor | None = None) -> torch.Tensor:
         temb = self.time_embed(t)
+        parts = [x]
         if self.cond_channels:
             if cond is None:
                 raise GPEngineError("this U-Net is conditional: forward needs cond (known values and mask)")
-            x = torch.cat([x, cond.to(x.dtype)], dim=1)
+            parts.append(cond.to(x.dtype))
         elif cond is not None:
             raise GPEngineError("this U-Net is unconditional: it takes no cond input")
+        if self.self_cond:
+            parts.append(torch.zeros_like(x) if x0_prev is None else x0_prev.to(x.dtype))
+        elif x0_prev is not None:
+            raise GPEngineError("this U-Net has no self-conditioning: it takes no x0_prev input")
+        if len(parts) > 1:
+            x = torch.cat(parts, dim=1)
         h = self.stem(x)
         skips = []
         n = len(self.down_blocks)

@@ -44,6 +44,10 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--known-input", choices=["clean", "noisy"],
                    help="conditional: the known voxels of the noisy input hold their clean values (default for a new "
                         "run; TD-Paint's timestep 0) or re-noised ones like the unknown voxels")
+    p.add_argument("--self-cond", action="store_true",
+                   help="self-conditioning: the model also sees its previous estimate of the clean block (for half "
+                        "of the training steps its own first-pass estimate; the sampler feeds it at every step); "
+                        "with --init-from, the parent's weights carry over (zero weights on the new inputs)")
     p.add_argument("--init-from", metavar="CKPT",
                    help="start from this trainer checkpoint's EMA weights (its U-Net, encoding, schedule and "
                         "target are kept; an unconditional one is widened for --conditional)")
@@ -92,7 +96,7 @@ def run(args) -> int:
         val_every=args.val_every, val_blocks=args.val_blocks, checkpoint_every=args.checkpoint_every,
         time_limit_min=args.time_limit_min, seed=args.seed, threads=args.threads, compile=args.compile,
         resume=args.resume, force=args.force, progress=not args.quiet, conditional=args.conditional,
-        init_from=args.init_from, known_input=args.known_input)
+        init_from=args.init_from, known_input=args.known_input, self_cond=args.self_cond)
     meta = train(opts)
     summary = {k: meta[k] for k in ("steps", "samples_seen", "wall_time_s", "cpu_time_s", "device",
                                     "final_train_loss", "final_val_loss", "final_val_x0w",

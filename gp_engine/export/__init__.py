@@ -150,7 +150,8 @@ def _build_into(staging: Path, out: Path, model, ckpt: dict, torch_version: str,
 
     trt_info = build_engines(onnx_path, staging, batch_sizes, fp16=precision == "fp16", log=log,
                              channels=int(ckpt["config"].get("in_channels", 1)),
-                             cond_channels=int(ckpt["config"].get("cond_channels", 0) or 0)) if tensorrt else None
+                             cond_channels=int(ckpt["config"].get("cond_channels", 0) or 0),
+                             self_cond=bool(ckpt["config"].get("self_cond", False))) if tensorrt else None
     if not tensorrt:
         log("gp-engine build: TensorRT engines not requested (add --tensorrt on a GPU machine)")
 

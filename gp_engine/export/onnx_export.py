@@ -24,17 +24,24 @@ BLOCK = 32
 
 
 class ExportWrapper(nn.Module):
-    """forward(x float32 [B,1,n,n,n], t float32 [B]) -> eps float32, computing in ``dtype`` inside."""
+    """forward(x float32 [B,C,n,n,n], t float32 [B], *extra) -> eps float32, computing in ``dtype`` inside.
+
+    ``extra`` holds the model's further inputs in order: ``cond`` (conditional models) then ``x0_prev``
+    (self-conditioning models), float32 like ``x``.
+    """
 
     def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.model = model.to(dtype).eval()
         self.dtype = dtype
+        self.has_cond = bool(model_cond_channels(model))
+        self.has_x0_prev = model_self_cond(model)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        if cond is None:
-            return self.model(x.to(self.dtype), t).float()
-        return self.model(x.to(self.dtype), t, cond.to(self.dtype)).float()
+    def forward(self, x: torch.Tensor, t: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+        extra = [e.to(self.dtype) for e in extra]
+        cond = extra.pop(0) if self.has_cond else None
+        x0_prev = extra.pop(0) if self.has_x0_prev else None
+        return self.model(x.to(self.dtype), t, cond, x0_prev).float()
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, precision: str = "fp32",
@@ -53,12 +60,14 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, precision: str = "fp3
 
     dtype = torch.float16 if precision == "fp16" else torch.float32
     wrapper = ExportWrapper(copy.deepcopy(model).cpu(), dtype)
-    ch, cc = model_channels(model), model_cond_channels(model)
+    ch, cc, sc = model_channels(model), model_cond_channels(model), model_self_cond(model)
     x = torch.randn(batch, ch, block, block, block)
     t = torch.full((batch,), 10.0)
-    # a conditional model takes a third input: the known values and mask (gp_engine.conditional)
-    args = (x, t) if not cc else (x, t, torch.rand(batch, cc, block, block, block).round())
-    names = ["x", "t"] + (["cond"] if cc else [])
+    # a conditional model takes the known values and mask (gp_engine.conditional), a self-conditioning
+    # one its previous estimate of x0 (gp_engine.self_cond)
+    args = (x, t) + ((torch.rand(batch, cc, block, block, block).round(),) if cc else ()) \
+        + ((torch.rand(batch, ch, block, block, block) * 2 - 1,) if sc else ())
+    names = ["x", "t"] + (["cond"] if cc else []) + (["x0_prev"] if sc else [])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, suffix=".onnx") as tmp_path:
@@ -89,7 +98,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, precision: str = "fp3
     return {"file": path.name, "opset": int(opset), "dynamic_batch": bool(dynamic_batch),
             "inputs": {"x": {"shape": [b, ch, block, block, block], "dtype": "float32"},
                        "t": {"shape": [b], "dtype": "float32"},
-                       **({"cond": {"shape": [b, cc, block, block, block], "dtype": "float32"}} if cc else {})},
+                       **({"cond": {"shape": [b, cc, block, block, block], "dtype": "float32"}} if cc else {}),
+                       **({"x0_prev": {"shape": [b, ch, block, block, block], "dtype": "float32"}} if sc else {})},
             "output": "eps", "exporter": exporter}
 
 
@@ -101,6 +111,11 @@ def model_channels(model: nn.Module) -> int:
 def model_cond_channels(model: nn.Module) -> int:
     """Condition channels of a conditional U-Net (0: unconditional)."""
     return int((getattr(model, "config", None) or {}).get("cond_channels", 0) or 0)
+
+
+def model_self_cond(model: nn.Module) -> bool:
+    """True for a self-conditioning U-Net (it takes ``x0_prev``)."""
+    return bool((getattr(model, "config", None) or {}).get("self_cond", False))
 
 
 def _inline_external_data(path: str) -> None:
@@ -153,20 +168,24 @@ def compare_with_torch(model: nn.Module, onnx_path: str | os.PathLike, batch: in
 
     ref_model = copy.deepcopy(model).cpu().to(reference_dtype).eval()
     feeds = {"x": x.numpy(), "t": t.numpy()}
-    with torch.no_grad():
-        if cc:  # known values where a random mask is set, the mask in the last channel
-            from ..conditional import make_cond
+    cond = x0_prev = None
+    if cc:  # known values where a random mask is set, the mask in the last channel
+        from ..conditional import make_cond
 
-            known = torch.rand(batch, 1, block, block, block, generator=g) < 0.5
-            cond = torch.from_numpy(make_cond(torch.randn(batch, cc - 1, block, block, block, generator=g).numpy(),
-                                              known.numpy()))
-            feeds["cond"] = cond.numpy()
-            ref = ref_model(x.to(reference_dtype), t, cond.to(reference_dtype)).float().numpy()
-        else:
-            ref = ref_model(x.to(reference_dtype), t).float().numpy()
+        known = torch.rand(batch, 1, block, block, block, generator=g) < 0.5
+        cond = torch.from_numpy(make_cond(torch.randn(batch, cc - 1, block, block, block, generator=g).numpy(),
+                                          known.numpy()))
+        feeds["cond"] = cond.numpy()
+        cond = cond.to(reference_dtype)
+    if model_self_cond(model):  # an estimate of x0 in [-1, 1]
+        x0_prev = torch.rand(x.shape, generator=g) * 2 - 1
+        feeds["x0_prev"] = x0_prev.numpy()
+        x0_prev = x0_prev.to(reference_dtype)
+    with torch.no_grad():
+        ref = ref_model(x.to(reference_dtype), t, cond, x0_prev).float().numpy()
     out = onnx_session(onnx_path).run(["eps"], feeds)[0]
     return float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-12))
 
 
-__all__ = ["DEFAULT_OPSET", "ExportWrapper", "model_channels", "model_cond_channels", "export_onnx", "graph_ops", "check_standard_ops",
+__all__ = ["DEFAULT_OPSET", "ExportWrapper", "model_channels", "model_cond_channels", "model_self_cond", "export_onnx", "graph_ops", "check_standard_ops",
            "onnx_session", "compare_with_torch"]

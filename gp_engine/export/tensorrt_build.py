@@ -35,9 +35,10 @@ def tensorrt_status() -> tuple[bool, str]:
 
 
 def profile_shapes(batch_size: int, block: int = BLOCK, channels: int = 1,
-                   cond_channels: int = 0) -> dict[str, tuple[tuple[int, ...], ...]]:
+                   cond_channels: int = 0, self_cond: bool = False) -> dict[str, tuple[tuple[int, ...], ...]]:
     """The (min, opt, max) shapes requested for each input of the engine for ``batch_size``
-    (a conditional model's ``cond`` input when ``cond_channels`` > 0)."""
+    (a conditional model's ``cond`` input when ``cond_channels`` > 0, a self-conditioning model's
+    ``x0_prev`` when ``self_cond``)."""
     if batch_size < 1:
         raise GPEngineError(f"TensorRT batch size must be >= 1, got {batch_size}")
     x = (batch_size, int(channels), block, block, block)
@@ -46,6 +47,8 @@ def profile_shapes(batch_size: int, block: int = BLOCK, channels: int = 1,
     if cond_channels:
         c = (batch_size, int(cond_channels), block, block, block)
         out["cond"] = (c, c, c)
+    if self_cond:
+        out["x0_prev"] = (x, x, x)
     return out
 
 
@@ -55,7 +58,7 @@ def plan_name(batch_size: int) -> str:
 
 def build_engines(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, batch_sizes: list[int],
                   fp16: bool = False, workspace_gib: float = 4.0, block: int = BLOCK,
-                  log=print, channels: int = 1, cond_channels: int = 0) -> dict | None:
+                  log=print, channels: int = 1, cond_channels: int = 0, self_cond: bool = False) -> dict | None:
     """Build one engine per batch size; return the manifest's ``tensorrt`` section, or None if skipped."""
     ok, reason = tensorrt_status()
     if not ok:
@@ -78,7 +81,7 @@ def build_engines(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, batc
         if fp16:
             config.set_flag(trt.BuilderFlag.FP16)
         profile = builder.create_optimization_profile()
-        for name, (mn, opt, mx) in profile_shapes(b, block, channels, cond_channels).items():
+        for name, (mn, opt, mx) in profile_shapes(b, block, channels, cond_channels, self_cond).items():
             profile.set_shape(name, mn, opt, mx)
         config.add_optimization_profile(profile)
         log(f"gp-engine build: building TensorRT engine for batch {b} ({'fp16' if fp16 else 'fp32'})...")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GPEngineError
+from ..self_cond import check_x0_prev
 
 
 def session_providers(available: list[str], prefer_cuda: bool = True) -> list:
@@ -53,6 +54,8 @@ class OnnxEngine:
         # a conditional model's third input: known values and mask (gp_engine.conditional)
         self.cond_name = "cond" if "cond" in inputs else None
         self.conditional = self.cond_name is not None
+        # a self-conditioning model's last input: its previous estimate of x0 (gp_engine.self_cond)
+        self.self_cond = "x0_prev" in inputs
         dim0 = inputs[self.x_name].shape[0]
         if isinstance(dim0, int) and dim0 != self.batch_size:
             raise GPEngineError(f"{path} has a fixed batch of {dim0}, not {self.batch_size}; "
@@ -63,7 +66,8 @@ class OnnxEngine:
         # multiply the cost of the many 1-block batches of small boxes).
         self.pad = not isinstance(dim0, str) and dim0 is not None or self.name != "onnxruntime-cpu"
 
-    def predict_eps(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
+    def predict_eps(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None,
+                    x0_prev: np.ndarray | None = None) -> np.ndarray:
         b = x.shape[0]
         if b > self.batch_size:
             raise GPEngineError(f"batch of {b} blocks exceeds the engine batch size {self.batch_size}")
@@ -71,14 +75,19 @@ class OnnxEngine:
             raise GPEngineError("this model is conditional: it needs the known values and mask (sampler preset "
                                 "'conditional')" if self.conditional else
                                 "this model is unconditional: it takes no condition; use a RePaint preset")
+        check_x0_prev(x0_prev, self.self_cond)
         if b < self.batch_size and self.pad:  # big fixed batches: pad with zeros
             pad = self.batch_size - b
             x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], np.float32)])
             t = np.concatenate([t, np.full(pad, t[0] if b else 0, np.float32)])
             if cond is not None:
                 cond = np.concatenate([cond, np.zeros((pad,) + cond.shape[1:], np.float32)])
+            if x0_prev is not None:
+                x0_prev = np.concatenate([x0_prev, np.zeros((pad,) + x0_prev.shape[1:], np.float32)])
         feeds = {self.x_name: np.ascontiguousarray(x, np.float32), self.t_name: np.ascontiguousarray(t, np.float32)}
         if cond is not None:
             feeds[self.cond_name] = np.ascontiguousarray(cond, np.float32)
+        if x0_prev is not None:
+            feeds["x0_prev"] = np.ascontiguousarray(x0_prev, np.float32)
         out = self.session.run([self.out_name], feeds)[0]
         return out[:b]

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GPEngineError
+from ..self_cond import check_x0_prev
 
 
 def plan_for_batch(manifest: dict, batch_size: int) -> str:
@@ -73,21 +74,31 @@ class TensorRTEngine:
             self.context.set_input_shape(self.cond_name, cshape)
             self.cond = torch.zeros(cshape, device="cuda")
             bufs.append((self.cond_name, self.cond))
+        self.self_cond = "x0_prev" in inputs
+        if self.self_cond:  # the previous estimate of x0 (gp_engine.self_cond)
+            self.context.set_input_shape("x0_prev", shape)
+            self.x0_prev = torch.zeros(shape, device="cuda")
+            bufs.append(("x0_prev", self.x0_prev))
         for name, buf in bufs:
             self.context.set_tensor_address(name, buf.data_ptr())
         prec = (manifest.get("tensorrt") or {}).get("precision") or "fp32"
         self.name = f"tensorrt-{prec}-b{self.batch_size}"
 
-    def predict_eps(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
+    def predict_eps(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None,
+                    x0_prev: np.ndarray | None = None) -> np.ndarray:
         torch, b = self.torch, x.shape[0]
         if b > self.batch_size:
             raise GPEngineError(f"batch of {b} blocks exceeds the engine batch size {self.batch_size}")
         if (cond is None) == self.conditional:
             raise GPEngineError("the model's condition input does not match the sampler (conditional model "
                                 "needs the preset 'conditional', and the reverse)")
+        check_x0_prev(x0_prev, self.self_cond)
         if cond is not None:
             self.cond.zero_()
             self.cond[:b].copy_(torch.from_numpy(np.ascontiguousarray(cond, np.float32)))
+        if x0_prev is not None:
+            self.x0_prev.zero_()
+            self.x0_prev[:b].copy_(torch.from_numpy(np.ascontiguousarray(x0_prev, np.float32)))
         self.x.zero_()
         self.x[:b].copy_(torch.from_numpy(np.ascontiguousarray(x, np.float32)))
         self.t.fill_(float(t[0]))

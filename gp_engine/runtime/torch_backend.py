@@ -20,6 +20,7 @@ import torch
 
 from .. import mixing, noise
 from ..errors import GPEngineError
+from ..self_cond import x0_prev_torch
 from ..repaint import INIT_COUNTER, STREAM_INIT, STREAM_MIX, STREAM_STEP, SamplerSetup
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -59,6 +60,8 @@ class TorchSampler:
         # conditional models: known values and mask as network inputs, loaded once per batch
         self.cond = (torch.zeros((self.B, self.shape[0] + 1) + self.shape[1:], device=dev)
                      if setup.conditional else None)
+        # self-conditioning models: the previous evaluation's clipped x̂0, zero at a batch's start
+        self.x0_prev = torch.zeros(self.B, self.n, device=dev) if setup.self_cond else None
         self.ids = torch.full((self.B,), -1, dtype=torch.int64, device=dev)
         # shape-[1] device scalars: gathered with index_select, never read back (.item() would
         # sync the host and break graph capture)
@@ -103,11 +106,12 @@ class TorchSampler:
     def _eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         xin = x.view((self.B,) + self.shape)
         args = (xin, t) if self.cond is None else (xin, t, self.cond)
+        kw = {} if self.x0_prev is None else {"x0_prev": self.x0_prev.view_as(xin)}
         if self.dtype != torch.float32:
             with torch.autocast(self.device.type, dtype=self.dtype, cache_enabled=False):
-                out = self.model(*args)
+                out = self.model(*args, **kw)
         else:
-            out = self.model(*args)
+            out = self.model(*args, **kw)
         return out.reshape(self.B, self.n).float()
 
     def _at(self, name: str, index: torch.Tensor) -> torch.Tensor:
@@ -122,6 +126,8 @@ class TorchSampler:
         eps = self._eps(x, self._at("t_model", i).expand(self.B))
         self.bad |= ~torch.isfinite(eps).all(dim=1)
         x0p = x0_from_eps(x, eps, sab, s1)
+        if self.x0_prev is not None:  # this evaluation's estimate, for the next one
+            self.x0_prev.copy_(x0_prev_torch(x0p))
         if self.setup.sharpen > 0:
             x0p = torch.tanh(self.setup.sharpen * x0p)
         elif self.setup.clip_x0:
@@ -179,6 +185,8 @@ class TorchSampler:
 
             self.cond.copy_(torch.from_numpy(make_cond(x0p.reshape((self.B,) + self.shape),
                                                        mp.reshape((self.B,) + self.shape))))
+        if self.x0_prev is not None:
+            self.x0_prev.zero_()
         self.ids.copy_(torch.from_numpy(ids))
         self.seed_key.fill_(noise.seed_key(seed))
         self.k.fill_(INIT_COUNTER)
@@ -266,23 +274,25 @@ class TorchEngine:
         return cls(model, batch_size, device, prec, int(manifest.get("block_size", 32)))
 
     @torch.no_grad()
-    def predict_eps(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
+    def predict_eps(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None,
+                    x0_prev: np.ndarray | None = None) -> np.ndarray:
         b = x.shape[0]
-        xt = torch.zeros((self.batch_size,) + x.shape[1:], device=self.device)
-        xt[:b] = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+
+        def padded(a: np.ndarray) -> torch.Tensor:
+            out = torch.zeros((self.batch_size,) + a.shape[1:], device=self.device)
+            out[:b] = torch.from_numpy(np.ascontiguousarray(a, np.float32))
+            return out
+
         tt = torch.full((self.batch_size,), float(t[0]), device=self.device)
         tt[:b] = torch.from_numpy(np.ascontiguousarray(t, np.float32))
-        args = (xt, tt)
-        if cond is not None:
-            ct = torch.zeros((self.batch_size,) + cond.shape[1:], device=self.device)
-            ct[:b] = torch.from_numpy(np.ascontiguousarray(cond, np.float32))
-            args = (xt, tt, ct)
+        args = (padded(x), tt) + (() if cond is None else (padded(cond),))
+        kw = {} if x0_prev is None else {"x0_prev": padded(x0_prev)}
         dtype = DTYPES[self.precision]
         if dtype != torch.float32:
             with torch.autocast(torch.device(self.device).type, dtype=dtype):
-                out = self.model(*args)
+                out = self.model(*args, **kw)
         else:
-            out = self.model(*args)
+            out = self.model(*args, **kw)
         return out.float()[:b].cpu().numpy()
 
     def sample_batch(self, x0: np.ndarray, mask: np.ndarray, block_ids: np.ndarray, seed: int,

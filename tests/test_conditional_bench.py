@@ -1,0 +1,32 @@
+"""bench/conditional_vs_repaint.py: setting names become the plan's sampler section."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from conditional_vs_repaint import sampler_for  # noqa: E402
+
+from gp_engine import repaint  # noqa: E402
+from gp_engine.plan_config import load_plan  # noqa: E402
+
+
+def _evaluations(setting: str) -> int:
+    s = load_plan({"version": 1, "geometry": {"shape": [40, 40, 40]}, "sampler": sampler_for(setting)}).sampler
+    return repaint.count_evaluations(s.steps, s.resample, s.jump, s.tail)
+
+
+def test_setting_names():
+    assert sampler_for("fast") == {"preset": "fast"}
+    assert sampler_for("paper-k4") == {"preset": "paper", "sharpen_x0": 4.0}
+    assert sampler_for("cond50-eta0.5") == {"preset": "conditional", "steps": 50, "eta": 0.5}
+    assert sampler_for("fast-r4-j10-k2") == {"preset": "fast", "resample": 4, "jump": 10, "sharpen_x0": 2.0}
+    # fast: 50 steps, tail 5; jump points j = 5, 15, 25, 35 for jump 10 (j + 10 <= 49), each walked r times
+    assert _evaluations("fast") == 50 + 2 * 1 * 44
+    assert _evaluations("fast-j10") == 50 + 2 * 10 * 4
+    assert _evaluations("fast-r4-j10") == 50 + 4 * 10 * 4
+    assert _evaluations("fast-s100-r0") == 100
+    for bad in ("cond50-j10", "cond50-r2", "slow", "fast-j"):
+        with pytest.raises(SystemExit, match="unknown"):
+            sampler_for(bad)
