@@ -95,7 +95,6 @@ def time_network(model_dir, manifest, backend: str, b: int, rounds: int, calls: 
                  precision: str | None = None) -> dict:
     from gp_engine.conditional import make_cond, model_kind
     from gp_engine.generate import _channels
-    from gp_engine.self_cond import uses_self_cond
     from gp_engine.runtime import load_engine
 
     eng = load_engine(model_dir, backend, b, precision=precision)
@@ -127,6 +126,7 @@ def time_sampler(eng, manifest, b: int, rounds: int, steps: int) -> list[dict]:
     from gp_engine.conditional import model_kind
     from gp_engine.diffusion import Schedule
     from gp_engine.generate import _channels
+    from gp_engine.self_cond import uses_self_cond
 
     cond = model_kind(manifest) == "conditional"
     preset = "conditional" if cond else "fast"
