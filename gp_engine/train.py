@@ -77,6 +77,7 @@ class TrainOptions:
     known_input: str | None = None     # conditional: known voxels in x_t "clean" (TD-Paint, default) or "noisy"
     init_from: str | None = None       # start from this checkpoint's EMA weights (widened if conditional)
     self_cond: bool = False            # self-conditioning: the previous x̂₀ as extra input channels
+    extend_schedule: int | None = None  # with init_from: continue the parent's linear β ramp to this T
 
 
 def pick_device(name: str) -> torch.device:
@@ -401,6 +402,14 @@ def train(opts: TrainOptions) -> dict:
         objective.setdefault("loss", opts.loss)
         objective.setdefault("weighting", "uniform")
         objective.setdefault("gamma", DEFAULT_GAMMA)
+        if opts.extend_schedule:
+            from .diffusion import extend_linear
+
+            schedule = extend_linear(schedule, int(opts.extend_schedule))
+            schedule_d = {**schedule.to_dict(), "extended_from_T": int(base["schedule"]["T"])}
+    elif opts.extend_schedule:
+        raise GPEngineError("--extend-schedule continues a parent's schedule: it needs --init-from CKPT (a new run "
+                            "sets --T and --beta-end directly; a resumed run keeps its schedule)")
     if resumed is None and opts.conditional:
         from .conditional import cond_channels
 

@@ -30,3 +30,17 @@ def test_setting_names():
     for bad in ("cond50-j10", "cond50-r2", "slow", "fast-j"):
         with pytest.raises(SystemExit, match="unknown"):
             sampler_for(bad)
+
+
+def test_schedule_probe_figures():
+    import numpy as np
+    from schedule_probe import x0_figures
+
+    rng = np.random.default_rng(0)
+    x0 = np.sign(rng.standard_normal((2, 4, 8, 8, 8))).astype(np.float32)
+    f = x0_figures(x0, x0)
+    assert abs(f["corr_with_x0"] - 1) < 1e-6 and f["share_committed"] == 1.0 and abs(f["std"] - x0.std()) < 1e-6
+    g = x0_figures(rng.standard_normal(x0.shape) * 0.1, x0)  # noise: uncorrelated, uncommitted, no structure
+    assert abs(g["corr_with_x0"]) < 0.05 and g["share_committed"] == 0.0 and abs(g["neighbour_corr"]) < 0.05
+    smooth = np.repeat(rng.standard_normal((2, 4, 8, 8, 4)), 2, axis=-1)  # pairs of equal x-neighbours
+    assert x0_figures(smooth, x0)["neighbour_corr"] > 0.4

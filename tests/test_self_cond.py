@@ -220,3 +220,24 @@ def test_generate_with_a_self_cond_model(sc_run, tmp_path):
     assert ids.shape == (36, 36, 36) and ids.min() >= 1
     used = json.loads((tmp_path / "o" / "stats.json").read_text())["timing"]["sampler"]
     assert used["self_cond"] and used["jump"] == 1
+
+
+def test_extended_schedule_keeps_the_parents_timesteps(sc_run):
+    from gp_engine.diffusion import Schedule, extend_linear
+
+    base = linear_schedule(250)
+    ext = extend_linear(base, 500)
+    np.testing.assert_allclose(ext.betas[:250], base.betas, rtol=0, atol=1e-15)
+    assert abs(base.alphas_cumprod[-1] - 0.0797) < 1e-3  # the flaw: x_249 still holds 28 % of x0
+    assert ext.alphas_cumprod[-1] < 1e-4 and ext.T == 500
+    np.testing.assert_array_equal(Schedule.from_dict(ext.to_dict()).betas, ext.betas)
+    with pytest.raises(GPEngineError, match="above the parent"):
+        extend_linear(base, 250)
+    d, opts = sc_run
+    train(TrainOptions(out=str(d / "ext.pt"), **{**opts, "steps": 1, "self_cond": False,
+                                                 "init_from": str(d / "plain.pt")}, extend_schedule=400))
+    ck = load_checkpoint(d / "ext.pt")
+    assert ck["schedule"]["T"] == 400 and ck["schedule"]["extended_from_T"] == 250
+    np.testing.assert_allclose(Schedule.from_dict(ck["schedule"]).betas[:250], base.betas, rtol=0, atol=1e-15)
+    with pytest.raises(GPEngineError, match="needs --init-from"):
+        train(TrainOptions(out=str(d / "ext2.pt"), **{**opts, "init_from": None}, extend_schedule=400))
