@@ -7,11 +7,17 @@ minutes), then each is built, scored and brought back:
                   the CPU): continues ``checkpoints/gpu_mini3.pt``, or, the first time, the CPU lineage
                   ``checkpoints/mini3_minsnr_cpu.pt``;
 - ``mini``        (not run by default since the first loan) the 16/32 lineage ``checkpoints/gpu_mini.pt``;
-- ``small``       the GPU size (32/64 channels) aiming at the paper's Table 1: ``checkpoints/gpu_small.pt``
-                  (a new Min-SNR analog-bits lineage when absent), torch.compile'd;
-- ``conditional`` the outpainting model (issue #11), TD-Paint clean-known convention:
-                  ``checkpoints/gpu_conditional_mini.pt``, or the first time the CPU clean-known lineage
-                  (``checkpoints/conditional_clean_cpu.pt``).
+- ``small``       (not run by default since the fifth session; its 3.75 H200-minutes are in git history:
+                  ``git show c5c9f8f:checkpoints/gpu_small.pt``) the GPU size, 32/64 channels, torch.compile'd:
+                  ``checkpoints/gpu_small.pt`` (a new Min-SNR analog-bits lineage when absent);
+- ``conditional`` (not run by default since the fifth session) the outpainting model of the T = 250
+                  schedule, TD-Paint clean-known convention: ``checkpoints/gpu_conditional_mini.pt``;
+- ``ext500``      the schedule continued to T = 500 (a walk's first step is pure noise, docs/model.md):
+                  ``checkpoints/gpu_mini3_ext500.pt``, or the first time the CPU arm
+                  ``mini3_ext500_cpu.pt`` if restored from history, else the ``mini3`` CPU lineage with
+                  ``--extend-schedule 500``;
+- ``conditional_ext500`` the outpainting model on that schedule: ``checkpoints/gpu_conditional_ext500.pt``,
+                  or the first time the CPU lineage ``checkpoints/conditional_ext500_cpu.pt``.
 
 Stages (each timed; ``campaign.json`` in ``--out`` is rewritten after every stage, so a run cut short
 still reports what it did):
@@ -80,6 +86,8 @@ class Lineage:
     lr: float = 1e-3
     weighting: str = "min-snr"  # of a new lineage: the best CPU configuration (quality_per_compute.md)
     parent: str | None = None  # a new conditional lineage without a seed starts widened from this one
+    extend_schedule: int | None = None  # a new lineage without a seed starts from ``parent`` with its
+    #                                    linear β ramp continued to this T (gp-engine train --extend-schedule)
     sampler: str = "fast"      # preset of its quality stage
 
     def source(self, checkpoints: Path) -> Path | None:
@@ -96,6 +104,13 @@ LINEAGES = {
     "small": Lineage("small", "gpu_small.pt", None, "small", compile=True, lr=6e-4),
     "conditional": Lineage("conditional", "gpu_conditional_mini.pt", "conditional_clean_cpu.pt", "mini",
                            conditional=True, lr=5e-4, parent="gpu_mini3.pt", sampler="conditional"),
+    # the schedule continued to T = 500, so that a walk's first step is pure noise (docs/model.md); the
+    # first time from the CPU run of the fifth session if restored, else from the mini3 lineage itself
+    "ext500": Lineage("ext500", "gpu_mini3_ext500.pt", "mini3_ext500_cpu.pt", "mini3",
+                      parent="mini3_minsnr_cpu.pt", extend_schedule=500),
+    "conditional_ext500": Lineage("conditional_ext500", "gpu_conditional_ext500.pt", "conditional_ext500_cpu.pt",
+                                  "mini3", conditional=True, lr=5e-4, parent="gpu_mini3_ext500.pt",
+                                  sampler="conditional"),
 }
 
 
@@ -220,7 +235,8 @@ def train_lineage(lin: Lineage, out: Path, data: Path, minutes: float, batch: in
     if not files:
         raise RuntimeError(f"no SPPARKS volumes in {data}")
     parent = checkpoints / lin.parent if lin.parent else None
-    init = str(parent) if (lin.conditional and src is None and parent and parent.is_file() and not dry) else None
+    fresh_from_parent = (lin.conditional or lin.extend_schedule) and src is None and not dry
+    init = str(parent) if (fresh_from_parent and parent and parent.is_file()) else None
     cuda = device == "cuda"
     opts = TrainOptions(data=[str(f) for f in files], out=str(ckpt), preset="tiny" if dry else lin.preset,
                         steps=10**9, conditional=lin.conditional, init_from=init, batch_size=batch,
@@ -228,7 +244,8 @@ def train_lineage(lin: Lineage, out: Path, data: Path, minutes: float, batch: in
                         weighting=lin.weighting, encoding="bits", bits=4, time_limit_min=minutes,
                         resume=src is not None, force=src is None, compile=lin.compile and allow_compile and cuda,
                         val_every=200, val_blocks=8 if dry else 64, checkpoint_every=500, progress=False,
-                        threads=None if cuda else 1)
+                        threads=None if cuda else 1,
+                        extend_schedule=lin.extend_schedule if init and lin.extend_schedule else None)
     before = _samples_before(ckpt) if src is not None else 0
     t = time.time()
     compile_error = None
@@ -261,7 +278,7 @@ def main(argv=None) -> int:
                    help="SPPARKS volumes: seeds 1001-1018 train, 1019-1023 validate")
     p.add_argument("--deadline", type=float, default=540.0, help="seconds for everything (default 540 = 9 min)")
     p.add_argument("--train-min", type=float, default=3.75, help="training wall minutes (default 3.75)")
-    p.add_argument("--lineages", default="mini3,small,conditional",
+    p.add_argument("--lineages", default="mini3,ext500,conditional_ext500",
                    help=f"comma-separated lineages to train, build and score (of {', '.join(LINEAGES)})")
     p.add_argument("--paper-lineage", default="mini3", help="lineage timed at paper settings (default mini3)")
     p.add_argument("--batch-size", type=int, default=64, help="training blocks per step (default 64)")
