@@ -73,7 +73,7 @@ def widen_stem(state: dict, in_channels: int, extra: int) -> dict:
     w = state["stem.weight"]
     if w.shape[1] != int(in_channels):
         raise GPEngineError(f"cannot widen a stem with {w.shape[1]} input channels: expected {in_channels} "
-                            "(the parent's encoding or condition differs from this run's)")
+                            "(the checkpoint's encoding differs, or its condition inputs)")
     out["stem.weight"] = torch.cat([w, torch.zeros(w.shape[0], int(extra), *w.shape[2:], dtype=w.dtype)], dim=1)
     return out
 
