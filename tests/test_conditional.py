@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import write_crops
+from conftest import bits_runs, outpaint_batch, perturbed
 
 from gp_engine import repaint
 from gp_engine.checkpoint import load_checkpoint, load_model
@@ -17,12 +17,6 @@ from gp_engine.train import TrainOptions, diffusion_loss, train
 from gp_engine.unet import build_unet, preset_config
 
 
-def _perturbed(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # off its init so comparisons are not trivially small
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return model.eval()
 
 
 def test_make_cond_is_known_values_then_mask():
@@ -40,7 +34,7 @@ def test_make_cond_is_known_values_then_mask():
 def test_widened_model_computes_the_unconditional_function():
     """Warm start: zero weights on the condition channels, so the conditional net equals its
     unconditional parent for any condition (the reference is the parent itself)."""
-    parent = _perturbed(build_unet({**preset_config("tiny"), "in_channels": 2, "out_channels": 2}))
+    parent = perturbed(build_unet({**preset_config("tiny"), "in_channels": 2, "out_channels": 2}))
     cfg = {**parent.config, "cond_channels": 3}
     child = build_unet(cfg)
     child.load_state_dict(widen_state_dict(parent.state_dict(), cfg))
@@ -131,20 +125,13 @@ class _CondEngine:
         return 0.2 * x + 0.1 * cond[:, -1:]
 
 
-def _batch(b=3, c=2, seed=0):
-    rng = np.random.default_rng(seed)
-    x0 = np.sign(rng.normal(size=(b, c, 32, 32, 32))).astype(np.float32)
-    m = np.zeros((b, 32, 32, 32), bool)
-    m[:, :10] = True
-    m[0] = False  # a first block: empty mask
-    return x0, np.repeat(m[:, None], c, axis=1).astype(np.uint8)
 
 
 def test_conditional_sampler_walk_condition_and_known_voxels():
     setup = repaint.make_setup(linear_schedule(250), SimpleNamespace(steps=12, resample=0, jump=1, tail=0, eta=0.5),
                                conditional=True)
     assert setup.evaluations == 12 and setup.conditional
-    x0, mask = _batch()
+    x0, mask = outpaint_batch()
     eng = _CondEngine()
     x = repaint.sample_batch(eng, x0, mask, np.array([0, 1, 2]), 3, setup)
     assert len(eng.conds) == 12
@@ -187,12 +174,7 @@ def test_sampler_presets_and_model_kind_errors():
 def cond_run(tmp_path_factory):
     """A tiny unconditional bits model, and a conditional run warm-started from it."""
     d = tmp_path_factory.mktemp("cond")
-    data = write_crops(d, (40, 40, 36))
-    base = dict(data=[str(data)], preset="tiny", steps=2, batch_size=2, device="cpu", encoding="bits", bits=2,
-                val_every=2, val_blocks=2, checkpoint_every=2, log_every=1, progress=False, seed=3, threads=1)
-    train(TrainOptions(out=str(d / "uncond.pt"), **base))
-    opts = {**base, "conditional": True, "init_from": str(d / "uncond.pt")}
-    train(TrainOptions(out=str(d / "cond.pt"), **{**opts, "steps": 4}))
+    opts = bits_runs(d, "cond.pt", 4, conditional=True)
     return d, opts
 
 
@@ -200,11 +182,11 @@ def test_conditional_training_warm_starts_and_resumes_exactly(cond_run):
     d, opts = cond_run
     ck = load_checkpoint(d / "cond.pt")
     assert ck["config"]["cond_channels"] == 3 and ck["config"]["in_channels"] == 2
-    assert ck["training"]["init_from"]["path"] == str(d / "uncond.pt")
+    assert ck["training"]["init_from"]["path"] == str(d / "plain.pt")
     assert ck["training"]["init_from"]["samples_seen"] == 4
     assert np.isfinite(ck["training"]["final_val_loss"])
     # the stem's original channels started from the parent's EMA weights: still close after 4 steps
-    parent = load_checkpoint(d / "uncond.pt")["ema"]["stem.weight"]
+    parent = load_checkpoint(d / "plain.pt")["ema"]["stem.weight"]
     stem = ck["model"]["stem.weight"]
     assert float((stem[:, :2] - parent).abs().max()) < 0.05 < float(parent.abs().max())
     # resume: 2 + 2 steps == 4 steps
@@ -238,7 +220,7 @@ def test_conditional_build_onnx_and_backends_agree(cond_run, tmp_path):
     read_manifest(tmp_path / "m")
     eng = load_engine(tmp_path / "m", "onnxruntime", 3)
     assert eng.conditional
-    x0, mask = _batch(3, 2, seed=4)
+    x0, mask = outpaint_batch(3, 2, seed=4)
     model, _ = load_model(d / "cond.pt")
     n = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -327,7 +309,7 @@ def test_clean_known_voxels_convention():
             seen.append(x.copy())
             return super().predict_eps(x, t, cond)
 
-    xb, mask = _batch()
+    xb, mask = outpaint_batch()
     m = mask.astype(bool)
     for clean in (True, False):
         seen.clear()

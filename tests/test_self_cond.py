@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import write_crops
+from conftest import bits_runs, outpaint_batch, perturbed
 
 from gp_engine import repaint
 from gp_engine.checkpoint import load_checkpoint, load_model
@@ -18,16 +18,10 @@ from gp_engine.train import TrainOptions, diffusion_loss, train
 from gp_engine.unet import build_unet, preset_config
 
 
-def _perturbed(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # off its init so comparisons are not trivially small
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return model.eval()
 
 
 def test_widened_model_computes_the_parent_function_and_checks_its_input():
-    parent = _perturbed(build_unet({**preset_config("tiny"), "in_channels": 2, "out_channels": 2}))
+    parent = perturbed(build_unet({**preset_config("tiny"), "in_channels": 2, "out_channels": 2}))
     child = build_unet({**parent.config, "self_cond": True})
     child.load_state_dict(widen_stem(parent.state_dict(), 2, 2))
     child.eval()
@@ -104,20 +98,13 @@ class _Engine:
         return 0.3 * x
 
 
-def _batch(b=3, c=2, seed=0):
-    rng = np.random.default_rng(seed)
-    x0 = np.sign(rng.normal(size=(b, c, 32, 32, 32))).astype(np.float32)
-    m = np.zeros((b, 32, 32, 32), bool)
-    m[:, :10] = True
-    m[0] = False
-    return x0, np.repeat(m[:, None], c, axis=1).astype(np.uint8)
 
 
 def test_sampler_feeds_back_each_evaluations_estimate_through_resampling():
     sched = linear_schedule(250)
     setup = repaint.make_setup(sched, SimpleNamespace(steps=10, resample=2, jump=2, tail=2), self_cond=True)
     assert setup.self_cond and setup.evaluations > 10  # the walk re-noises in between
-    x0, mask = _batch()
+    x0, mask = outpaint_batch()
     eng = _Engine()
     repaint.sample_batch(eng, x0, mask, np.array([0, 1, 2]), 5, setup)
     assert len(eng.calls) == setup.evaluations
@@ -136,12 +123,7 @@ def test_sampler_feeds_back_each_evaluations_estimate_through_resampling():
 def sc_run(tmp_path_factory):
     """A tiny bits model, and a self-conditioning run warm-started from it."""
     d = tmp_path_factory.mktemp("sc")
-    data = write_crops(d, (40, 40, 36))
-    base = dict(data=[str(data)], preset="tiny", steps=2, batch_size=2, device="cpu", encoding="bits", bits=2,
-                val_every=2, val_blocks=2, checkpoint_every=2, log_every=1, progress=False, seed=3, threads=1)
-    train(TrainOptions(out=str(d / "plain.pt"), **base))
-    opts = {**base, "self_cond": True, "init_from": str(d / "plain.pt")}
-    train(TrainOptions(out=str(d / "sc.pt"), **{**opts, "steps": 4}))
+    opts = bits_runs(d, "sc.pt", 4, self_cond=True)
     return d, opts
 
 
@@ -180,7 +162,7 @@ def test_self_cond_build_onnx_and_backends_agree(sc_run, tmp_path):
     assert "x0_prev" in manifest["onnx"]["inputs"] and uses_self_cond(manifest)
     assert manifest["verification"]["onnxruntime_vs_torch_rel_err"] < 1e-4
     eng = load_engine(tmp_path / "m", "onnxruntime", 3)
-    x0, mask = _batch(3, 2, seed=4)
+    x0, mask = outpaint_batch(3, 2, seed=4)
     model, _ = load_model(tmp_path / "sc.pt")
     n = torch.get_num_threads()
     torch.set_num_threads(1)
