@@ -67,15 +67,20 @@ def _mix_known(x, x0, mask, a, s, z):
 
 
 @numba.njit(parallel=True, cache=True)
-def _posterior(x, eps, sab, s1mab, c_x0, c_xt, sigma, clip, sharpen, z, skip):
+def _posterior(x, eps, sab, s1mab, c_x0, c_xt, sigma, clip, sharpen, z, skip, x0_out, out_clip):
     B, n = x.shape
+    write_out = x0_out.shape[0] > 0
     for f in numba.prange(B * n):
         r = f // n
         v = f - r * n
-        if skip[r, v]:  # a known voxel: the next mix (or the final paste) overwrites it anyway
+        if skip[r, v] and not write_out:  # a known voxel: the next mix (or the final paste) overwrites it
             continue
         xt = np.float64(x[r, v])
         x0 = x0_from_eps(xt, np.float64(eps[r, v]), sab, s1mab)
+        if write_out:  # the raw estimate, clipped (self-conditioning's next input)
+            x0_out[r, v] = np.float32(min(out_clip, max(-out_clip, x0)))
+            if skip[r, v]:
+                continue
         if sharpen > 0.0:
             x0 = sharpen_x0(x0, sharpen)
         elif clip:
@@ -113,16 +118,18 @@ def mix_known(x: np.ndarray, x0: np.ndarray, mask: np.ndarray, sqrt_ab: float, s
 
 def posterior_step(x: np.ndarray, eps: np.ndarray, sqrt_ab: float, sqrt_1mab: float, c_x0: float,
                    c_xt: float, sigma: float, clip: bool, z: np.ndarray, skip: np.ndarray | None = None,
-                   sharpen: float = 0.0) -> None:
+                   sharpen: float = 0.0, x0_out: np.ndarray | None = None, x0_out_clip: float = 1.0) -> None:
     """x ← c_x0·x̂0 + c_xt·x + σ·z with x̂0 = (x - √(1-ᾱ)·ε)/√ᾱ, sharpened to tanh(κ·x̂0) when
     ``sharpen`` = κ > 0, else optionally clipped to [-1, 1]. In place.
 
     ``skip`` [B, n] (1 = leave the voxel as it is): the sampler passes the known mask, whose voxels
     the next mix or the final paste overwrites, so their arithmetic is not spent. The other voxels
-    get exactly the values they would get without it.
+    get exactly the values they would get without it. ``x0_out`` [B, n] float32, if given, receives
+    the raw x̂0 of every voxel (known ones too) clipped to ±``x0_out_clip``, in the same pass.
     """
+    out = np.empty((0, 0), np.float32) if x0_out is None else x0_out
     _posterior(x, eps, float(sqrt_ab), float(sqrt_1mab), float(c_x0), float(c_xt), float(sigma),
-               bool(clip), float(sharpen), z, _skip_mask(x, skip))
+               bool(clip), float(sharpen), z, _skip_mask(x, skip), out, float(x0_out_clip))
 
 
 def renoise(x: np.ndarray, sqrt_a: float, sqrt_1ma: float, z: np.ndarray, skip: np.ndarray | None = None) -> None:

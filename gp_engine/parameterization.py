@@ -128,8 +128,9 @@ class EpsAdapter(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
                 x0_prev: torch.Tensor | None = None) -> torch.Tensor:
-        args = (x, t) if cond is None else (x, t, cond)
-        pred = self.net(*args) if x0_prev is None else self.net(*args, x0_prev=x0_prev)
+        from .self_cond import call_net
+
+        pred = call_net(self.net, x, t, cond, x0_prev)
         if self.target == "eps":
             return pred
         idx = t.round().long().clamp(0, self.sqrt_ab.shape[0] - 1)

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import mixing
 from .noise import CounterNoise
-from .self_cond import x0_prev_numpy
+from .self_cond import CLIP as X0_PREV_CLIP
 from .diffusion import Schedule
 from .errors import GPEngineError
 
@@ -284,8 +284,11 @@ def sample_batch(engine: EpsModel, x0: np.ndarray, mask: np.ndarray, block_ids: 
         from .conditional import make_cond
 
         cond = make_cond(x0, mask)
-    x0_prev = np.zeros((B, n), np.float32) if setup.self_cond else None
     extra: dict = {} if cond is None else {"cond": cond}
+    x0_prev = None
+    if setup.self_cond:  # updated in place by each posterior step: the view below follows it
+        x0_prev = np.zeros((B, n), np.float32)
+        extra["x0_prev"] = x0_prev.reshape((B,) + shape[1:])
     for k, (i, j) in enumerate(setup.transitions):
         if j < i:  # reverse step: mix known voxels, predict ε, posterior sample
             if not setup.known_clean:
@@ -293,18 +296,14 @@ def sample_batch(engine: EpsModel, x0: np.ndarray, mask: np.ndarray, block_ids: 
                 mixing.mix_known(x, x0f, mf, c["sqrt_ab"][i], c["sqrt_1mab"][i], z)
             t_in[:] = c["t_model"][i]
             xin = x.reshape((B,) + shape[1:])
-            if x0_prev is not None:
-                extra["x0_prev"] = x0_prev.reshape(xin.shape)
             eps = engine.predict_eps(xin, t_in, **extra)
             eps = np.ascontiguousarray(eps, dtype=np.float32).reshape(B, n)
             check_finite(eps[:b], ids, k, engine)
-            if x0_prev is not None:  # this evaluation's estimate, for the next one
-                x0_prev_numpy(x, eps, c["sqrt_ab"][i], c["sqrt_1mab"][i], out=x0_prev)
             if c["sigma"][i] > 0:
                 noise(z, ids, seed, k, STREAM_STEP, unknown)
             mixing.posterior_step(x, eps, c["sqrt_ab"][i], c["sqrt_1mab"][i], c["c_x0"][i],
                                   c["c_xt"][i], c["sigma"][i], setup.clip_x0, z, skip=mf,
-                                  sharpen=setup.sharpen)
+                                  sharpen=setup.sharpen, x0_out=x0_prev, x0_out_clip=X0_PREV_CLIP)
             if on_step is not None:
                 on_step(k)
         else:  # forward re-noise i -> i+1

@@ -8,7 +8,7 @@ backend. A U-Net whose config has ``self_cond: true`` takes a fourth input ``x0_
   first pass with ``x0_prev = 0`` (no gradient through it); otherwise it is zero. The network thus
   learns both to start from nothing and to refine an estimate.
 * **sampling** — ``x0_prev`` starts at zero for every block and after each network evaluation becomes
-  that evaluation's x̂₀ = (x_t − √(1−ᾱ)·ε̂)/√ᾱ (before any sharpening). A RePaint re-noising step keeps
+  (in the same pass as the posterior step, :func:`gp_engine.mixing.posterior_step`) that evaluation's x̂₀ = (x_t − √(1−ᾱ)·ε̂)/√ᾱ (before any sharpening). A RePaint re-noising step keeps
   it: the estimate is still the best guess of the clean block.
 
 Either way the estimate is clipped to [−1, 1] (:data:`CLIP`), the range of every encoding, so the
@@ -21,7 +21,6 @@ them.
 
 from __future__ import annotations
 
-import numpy as np
 
 from .errors import GPEngineError
 
@@ -45,20 +44,17 @@ def check_x0_prev(x0_prev, self_cond: bool) -> None:
         raise GPEngineError("this model has no self-conditioning: it takes no x0_prev input")
 
 
-def x0_prev_numpy(x: np.ndarray, eps: np.ndarray, sqrt_ab: float, sqrt_1mab: float,
-                  out: np.ndarray) -> np.ndarray:
-    """``out`` ← clip((x − √(1−ᾱ)·ε̂)/√ᾱ, −1, 1) (float32, in place): the next evaluation's ``x0_prev``."""
-    np.multiply(eps, np.float32(-sqrt_1mab), out=out)
-    out += x
-    out *= np.float32(1.0 / sqrt_ab)
-    np.clip(out, -CLIP, CLIP, out=out)
-    return out
-
-
 def x0_prev_torch(x0_hat):
     """The torch version: the clipped estimate (``x0_hat`` from :func:`gp_engine.parameterization.to_x0`
     or :func:`gp_engine.mixing.x0_from_eps`), detached."""
     return x0_hat.detach().clamp(-CLIP, CLIP)
+
+
+def call_net(net, x, t, cond=None, x0_prev=None):
+    """``net(x, t[, cond][, x0_prev=...])``: the optional inputs only when given, so networks that take
+    just (x, t) (adapters, test models) keep working; every caller (trainer, exporter, torch backend) uses it."""
+    args = (x, t) if cond is None else (x, t, cond)
+    return net(*args) if x0_prev is None else net(*args, x0_prev=x0_prev)
 
 
 def widen_stem(state: dict, in_channels: int, extra: int) -> dict:
@@ -78,4 +74,4 @@ def widen_stem(state: dict, in_channels: int, extra: int) -> dict:
     return out
 
 
-__all__ = ["CLIP", "uses_self_cond", "check_x0_prev", "x0_prev_numpy", "x0_prev_torch", "widen_stem"]
+__all__ = ["CLIP", "uses_self_cond", "check_x0_prev", "call_net", "x0_prev_torch", "widen_stem"]

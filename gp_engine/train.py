@@ -137,22 +137,21 @@ def diffusion_loss(model: torch.nn.Module, x0: torch.Tensor, t: torch.Tensor, no
     xt = a.view(shape) * x0 + s.view(shape) * noise
     if known is not None and known_clean:
         xt = torch.where(known[:, :1] > 0, x0, xt)
-    args = (xt, t.float())
+    from .self_cond import call_net, x0_prev_torch
+
+    cond = None
     if known is not None:
         from .conditional import make_cond_torch
 
-        args = args + (make_cond_torch(x0, known),)
-    kw = {}
-    if self_cond is not None:
+        cond = make_cond_torch(x0, known)
+    x0_prev = None if self_cond is None else torch.zeros_like(xt)
+    if self_cond:
         from .parameterization import to_x0
-        from .self_cond import x0_prev_torch
 
-        kw["x0_prev"] = torch.zeros_like(xt)
-        if self_cond:
-            with torch.no_grad():
-                first = model(*args, **kw).float()
-            kw["x0_prev"] = x0_prev_torch(to_x0(target, first, xt, a, s)).to(xt.dtype)
-    pred = model(*args, **kw).float()
+        with torch.no_grad():
+            first = call_net(model, xt, t.float(), cond, x0_prev).float()
+        x0_prev = x0_prev_torch(to_x0(target, first, xt, a, s)).to(xt.dtype)
+    pred = call_net(model, xt, t.float(), cond, x0_prev).float()
     unknown = None if known is None else (1.0 - known[:, :1].float()).expand_as(pred)
 
     def per_sample_mean(e: torch.Tensor) -> torch.Tensor:

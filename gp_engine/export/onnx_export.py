@@ -18,6 +18,7 @@ from torch import nn
 
 from ..atomic_write import atomic_path
 from ..errors import GPEngineError
+from ..self_cond import call_net
 
 DEFAULT_OPSET = 18
 BLOCK = 32
@@ -41,9 +42,7 @@ class ExportWrapper(nn.Module):
         extra = [e.to(self.dtype) for e in extra]
         cond = extra.pop(0) if self.has_cond else None
         x0_prev = extra.pop(0) if self.has_x0_prev else None
-        args = (x.to(self.dtype), t) + (() if cond is None else (cond,))
-        kw = {} if x0_prev is None else {"x0_prev": x0_prev}
-        return self.model(*args, **kw).float()
+        return call_net(self.model, x.to(self.dtype), t, cond, x0_prev).float()
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, precision: str = "fp32",
@@ -184,8 +183,7 @@ def compare_with_torch(model: nn.Module, onnx_path: str | os.PathLike, batch: in
         feeds["x0_prev"] = x0_prev.numpy()
         x0_prev = x0_prev.to(reference_dtype)
     with torch.no_grad():
-        args = (x.to(reference_dtype), t) + (() if cond is None else (cond,))
-        ref = ref_model(*args, **({} if x0_prev is None else {"x0_prev": x0_prev})).float().numpy()
+        ref = call_net(ref_model, x.to(reference_dtype), t, cond, x0_prev).float().numpy()
     out = onnx_session(onnx_path).run(["eps"], feeds)[0]
     return float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-12))
 

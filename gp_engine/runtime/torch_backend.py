@@ -20,7 +20,7 @@ import torch
 
 from .. import mixing, noise
 from ..errors import GPEngineError
-from ..self_cond import x0_prev_torch
+from ..self_cond import call_net, x0_prev_torch
 from ..repaint import INIT_COUNTER, STREAM_INIT, STREAM_MIX, STREAM_STEP, SamplerSetup
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -105,13 +105,12 @@ class TorchSampler:
 
     def _eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         xin = x.view((self.B,) + self.shape)
-        args = (xin, t) if self.cond is None else (xin, t, self.cond)
-        kw = {} if self.x0_prev is None else {"x0_prev": self.x0_prev.view_as(xin)}
+        x0_prev = None if self.x0_prev is None else self.x0_prev.view_as(xin)
         if self.dtype != torch.float32:
             with torch.autocast(self.device.type, dtype=self.dtype, cache_enabled=False):
-                out = self.model(*args, **kw)
+                out = call_net(self.model, xin, t, self.cond, x0_prev)
         else:
-            out = self.model(*args, **kw)
+            out = call_net(self.model, xin, t, self.cond, x0_prev)
         return out.reshape(self.B, self.n).float()
 
     def _at(self, name: str, index: torch.Tensor) -> torch.Tensor:
@@ -285,14 +284,14 @@ class TorchEngine:
 
         tt = torch.full((self.batch_size,), float(t[0]), device=self.device)
         tt[:b] = torch.from_numpy(np.ascontiguousarray(t, np.float32))
-        args = (padded(x), tt) + (() if cond is None else (padded(cond),))
-        kw = {} if x0_prev is None else {"x0_prev": padded(x0_prev)}
+        inputs = (padded(x), tt, None if cond is None else padded(cond),
+                  None if x0_prev is None else padded(x0_prev))
         dtype = DTYPES[self.precision]
         if dtype != torch.float32:
             with torch.autocast(torch.device(self.device).type, dtype=dtype):
-                out = self.model(*args, **kw)
+                out = call_net(self.model, *inputs)
         else:
-            out = self.model(*args, **kw)
+            out = call_net(self.model, *inputs)
         return out.float()[:b].cpu().numpy()
 
     def sample_batch(self, x0: np.ndarray, mask: np.ndarray, block_ids: np.ndarray, seed: int,
