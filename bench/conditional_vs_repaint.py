@@ -51,7 +51,7 @@ PLOT = ROOT / "bench" / "plots" / "conditional_kl_vs_evaluations.png"
 def sampler_for(setting: str) -> dict:
     """The plan's sampler section for a setting name: fast or paper, optionally with -sS (steps), -rR
     (resamples) and -jJ (jump length) overriding the preset's; condN; each optionally with -etaE (η) and
-    -kK (x̂0 sharpening κ = K; default: the model's, gp_engine.generate.DEFAULT_SHARPEN for bits)."""
+    -kK (x̂0 sharpening κ = K; default: the model's, gp_engine.generate.model_sharpen)."""
     m = re.fullmatch(r"(fast|paper|cond(\d+))(?:-s(\d+))?(?:-r(\d+))?(?:-j(\d+))?(?:-eta([0-9.]+))?"
                      r"(?:-k([0-9.]+))?", setting)
     if not m or (m.group(2) is not None and (m.group(4) or m.group(5))):

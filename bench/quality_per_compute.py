@@ -254,11 +254,12 @@ def main(argv=None) -> int:
     if not (model_dir / "manifest.json").is_file():
         build_model(ckpt, model_dir, batch_sizes=[1, 8], log=lambda *_: None)
     grains, fields, gen_s = [], [], 0.0
-    from gp_engine.generate import sharpen_for
+    from gp_engine.export.manifest import read_manifest
+    from gp_engine.generate import model_sharpen
 
     # the x̂0 sharpening κ the runs use (the model's default): part of the cache key, since volumes
     # painted before it existed (κ = 0) must not be reused for a row that names today's sampler
-    kappa = sharpen_for((ck.get("encoding") or {}).get("kind"), None)
+    kappa = model_sharpen(read_manifest(model_dir))
     for i in range(volumes):
         out = work / f"gen_{tag}_{a.preset_sampler}_k{kappa:g}_{'x'.join(map(str, shape))}_seed{i}"
         if not (out / "grains.npy").is_file():

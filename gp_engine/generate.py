@@ -128,12 +128,41 @@ def sampler_params(sampler) -> SimpleNamespace:
 #: the field on ±1 and halves the speckle (3.4 %; SPPARKS 0.4 %). See bench/results/sharpen.md.
 DEFAULT_SHARPEN = 4.0
 
+#: ᾱ_T at or above which a schedule's top still shows the data (√ᾱ_T ≥ 0.1 of x₀ left in x_T). Such
+#: models (T = 250, β → 0.02: ᾱ_T = 0.08) are sure of x̂0 from the first step and gain from κ = 4;
+#: a schedule that starts from noise (T = 500: ᾱ_T = 4·10⁻⁵) decides the layout in its first steps,
+#: and κ = 4 makes it commit to that rough layout (four 64³ at `fast`: volume KL 0.79 at κ 4 against
+#: 0.11 at κ 0, docs/model.md, fifth session).
+SIGNAL_AT_TOP = 0.01
 
-def sharpen_for(encoding_kind: str | None, plan_value) -> float:
-    """The run's κ: the plan's ``sampler.sharpen_x0``, or the model's default (bits: DEFAULT_SHARPEN)."""
+
+def default_sharpen(encoding_kind: str | None, schedule: dict | None) -> float:
+    """κ for a model that names none: DEFAULT_SHARPEN for analog bits on a schedule whose top is not
+    noise (ᾱ_T ≥ SIGNAL_AT_TOP), else 0 (clip). What ``gp-engine build`` writes into the manifest."""
+    if encoding_kind != "bits":
+        return 0.0
+    if schedule is not None:
+        from .diffusion import Schedule
+
+        if float(Schedule.from_dict(schedule).alphas_cumprod[-1]) < SIGNAL_AT_TOP:
+            return 0.0
+    return DEFAULT_SHARPEN
+
+
+def model_sharpen(manifest: dict) -> float:
+    """The model's κ: its manifest's ``sampler_defaults.sharpen_x0``, or (older manifests)
+    :func:`default_sharpen` of its encoding and schedule."""
+    value = (manifest.get("sampler_defaults") or {}).get("sharpen_x0")
+    if value is not None:
+        return float(value)
+    return default_sharpen((manifest.get("encoding") or {}).get("kind"), manifest.get("schedule"))
+
+
+def sharpen_for(manifest: dict, plan_value) -> float:
+    """The run's κ: the plan's ``sampler.sharpen_x0``, or the model's (:func:`model_sharpen`)."""
     if plan_value is not None:
         return float(plan_value)
-    return DEFAULT_SHARPEN if encoding_kind == "bits" else 0.0
+    return model_sharpen(manifest)
 
 
 def _as_dict(obj):
@@ -427,7 +456,7 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
         kind = model_kind(manifest)
         sp = sampler_params(resolve_sampler(plan.sampler, kind, where))
         check_sampler_fits(kind, sp.preset or "paper", sp.resample, where)
-        sp.sharpen = sharpen_for((manifest.get("encoding") or {}).get("kind"), sp.sharpen)
+        sp.sharpen = sharpen_for(manifest, sp.sharpen)
         setup = repaint.make_setup(Schedule.from_dict(manifest["schedule"]), sp, clip_x0=sp.clip_x0,
                                    conditional=kind == "conditional",
                                    known_clean=(manifest.get("objective") or {}).get("known_in_xt") == "clean",

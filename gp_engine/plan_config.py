@@ -112,7 +112,7 @@ class SamplerConfig:
     tail: int
     clip_x0: bool = True
     eta: float = 1.0   # 1 = DDPM posterior steps (RePaint needs it), 0 = deterministic DDIM
-    #: κ of the x̂0 projection tanh(κ·x̂0); None: the model's default (DEFAULT_SHARPEN for analog bits, else 0 = clip)
+    #: κ of the x̂0 projection tanh(κ·x̂0); None: the model's (manifest sampler_defaults.sharpen_x0, see generate.model_sharpen)
     sharpen_x0: float | None = None
     #: the fields the plan gave explicitly (an ``auto`` preset re-applies them once the model is known)
     given: tuple = field(default=(), compare=False)

@@ -206,13 +206,8 @@ def test_auto_sampler_preset_follows_the_model_kind():
 
 
 def test_sharpen_x0_field():
-    from gp_engine.generate import DEFAULT_SHARPEN, sharpen_for
-
     assert load_plan(_with(sampler={"preset": "fast"})).sampler.sharpen_x0 is None
     assert load_plan(_with(sampler={"preset": "fast", "sharpen_x0": 2})).sampler.sharpen_x0 == 2.0
     for bad in (-1, "4", True, 1e9):
         with pytest.raises(GPEngineError, match=r"sampler\.sharpen_x0"):
             load_plan(_with(sampler={"preset": "fast", "sharpen_x0": bad}))
-    assert sharpen_for("bits", None) == DEFAULT_SHARPEN > 0
-    assert sharpen_for("separable", None) == 0.0 and sharpen_for("paper", None) == 0.0
-    assert sharpen_for("bits", 0) == 0.0 and sharpen_for("separable", 3) == 3.0

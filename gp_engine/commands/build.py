@@ -41,6 +41,9 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--name", help="model name for the manifest")
     p.add_argument("--placeholder", action="store_true", default=None,
                    help="mark the model as a stand-in (e.g. CPU-trained) in the manifest")
+    p.add_argument("--sharpen-x0", type=float, default=None, metavar="K",
+                   help="the x̂0 sharpening κ plans get unless they name one (default: 4 for analog bits on "
+                        "a schedule whose top is not noise, else 0)")
     p.add_argument("--force", action="store_true",
                    help="replace a model already in --out (the new files are written first; the "
                         "checkpoint being built is never overwritten)")
@@ -53,6 +56,6 @@ def run(args) -> int:
     m = build_model(args.checkpoint, args.out, batch_sizes=args.batch_sizes, precision=args.precision,
                     tensorrt=args.tensorrt, dynamic_batch=args.dynamic_batch, opset=args.opset,
                     weights=args.weights, name=args.name, placeholder=args.placeholder, exporter=args.exporter,
-                    force=args.force)
+                    force=args.force, sharpen_x0=args.sharpen_x0)
     print(f"built {m['name']} in {args.out}")
     return 0

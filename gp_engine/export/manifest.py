@@ -26,6 +26,8 @@ manifest.json keys (format_version 1)::
     checkpoint      "model.pt" or null
     checkpoint_sha256  hex sha256 of the checkpoint file (absent in older manifests)
     unet            the U-Net config dict (informational)
+    sampler_defaults  {"sharpen_x0": κ}: the x̂0 sharpening a plan gets unless it names one (absent in
+                    older manifests: derived from encoding and schedule, generate.model_sharpen)
     training        {"train_files", "val_files", "steps", "samples_seen", "wall_time_s", "device",
                      "final_train_loss", "final_val_loss", ...}
     placeholder     bool: true for a CPU-trained stand-in model
@@ -138,6 +140,12 @@ def validate_manifest(m: dict, where: str = "manifest") -> dict:
         raise GPEngineError(f"{where}: batch_sizes {bs!r} must be a non-empty list of positive integers")
     if m["precision"] not in ("fp32", "fp16"):
         raise GPEngineError(f"{where}: precision {m['precision']!r} must be 'fp32' or 'fp16'")
+    sd = m.get("sampler_defaults")
+    k = (sd or {}).get("sharpen_x0") if isinstance(sd, dict) else "not an object"
+    if sd is not None and k is not None and (isinstance(k, (bool, str)) or not isinstance(k, (int, float))
+                                             or not 0.0 <= float(k) <= 100.0):
+        raise GPEngineError(f"{where}: sampler_defaults.sharpen_x0 {k!r} must be a number from 0 to 100; "
+                            "rebuild the model with 'gp-engine build --sharpen-x0 K'")
     trt = m.get("tensorrt")
     if trt is not None and not (isinstance(trt, dict) and isinstance(trt.get("plans"), dict)):
         raise GPEngineError(f"{where}: tensorrt must be null or {{'plans': {{'<B>': file}}}}")
