@@ -223,6 +223,16 @@ def loss_curve_path(out: str | os.PathLike) -> Path:
     return out.with_name(out.stem + "_loss_curve.png")
 
 
+def lineage_validation(meta: dict, seed: int, blocks: int) -> tuple[int, int]:
+    """(seed, number of blocks) of a lineage's validation set from its checkpoint's training metadata:
+    ``validation`` (written since the sixth session), else the options of the run that wrote it."""
+    v = meta.get("validation")
+    if isinstance(v, dict) and "seed" in v and "blocks" in v:
+        return int(v["seed"]), int(v["blocks"])
+    o = meta.get("options") or {}
+    return int(o.get("seed", seed)), int(o.get("val_blocks", blocks))
+
+
 class _Validator:
     """Loss of a model on fixed held-out blocks, fixed noise and fixed timesteps."""
 
@@ -454,6 +464,11 @@ def train(opts: TrainOptions) -> dict:
     gen = torch.Generator(device=device).manual_seed(opts.seed)
     step, samples, wall_before, cpu_before = 0, 0, 0.0, 0.0
     history: dict = {"train": [], "val": [], "val_x0w": []}
+    # the lineage's seed: its validation blocks (and the self-conditioning coin) stay the same across
+    # --resume whatever --seed a later run is given, so the validation curve is one curve
+    seed, val_blocks = opts.seed, opts.val_blocks
+    if resumed is not None:
+        seed, val_blocks = lineage_validation(resumed["training"], seed, val_blocks)
     init_from = None
     if init_state is not None:  # a new run warm-started from another checkpoint's EMA weights
         model.load_state_dict(init_state)
@@ -476,7 +491,7 @@ def train(opts: TrainOptions) -> dict:
         if rng_device == device.type:
             gen.set_state(resumed["rng"]["generator"].cpu())
         else:  # a CPU generator's state cannot drive a CUDA one (or back): reseed from the step
-            gen.manual_seed(opts.seed * 1_000_003 + step)
+            gen.manual_seed(seed * 1_000_003 + step)
             print(f"gp-engine train: {out} was trained on {rng_device}, this run is on {device.type}: the "
                   f"random stream is reseeded from step {step} (weights, optimizer and counters continue)",
                   file=sys.stderr)
@@ -501,7 +516,7 @@ def train(opts: TrainOptions) -> dict:
         return torch.autocast(device.type, dtype=amp_dtype)
 
     fwd = torch.compile(model) if (opts.compile and device.type == "cuda") else model
-    validator = (_Validator(val_src, opts.val_blocks, schedule.T, opts.seed, opts.batch_size, masks)
+    validator = (_Validator(val_src, val_blocks, schedule.T, seed, opts.batch_size, masks)
                  if val_src else None)
     run_opts = {k: v for k, v in asdict(opts).items() if k not in ("resume", "force", "progress")}
 
@@ -515,6 +530,7 @@ def train(opts: TrainOptions) -> dict:
             "final_val_x0w": history["val_x0w"][-1][1] if history["val_x0w"] else None,
             "parameters": count_parameters(model), "colour_conflicts": src.conflicts,
             "history": history, "options": run_opts, "torch": str(torch.__version__),
+            "validation": {"seed": seed, "blocks": val_blocks},
             # warm start: the compute of the checkpoint this run started from (total = it + this run)
             "init_from": init_from,
         }
@@ -556,7 +572,7 @@ def train(opts: TrainOptions) -> dict:
             noise = torch.randn(x0.shape, device=device, generator=gen)
             known = masks.draw(opts.batch_size, gen) if masks is not None else None
             if self_cond:  # a fixed coin per (seed, step): reproducible across --resume, no device sync
-                train_loss_opts["self_cond"] = random.Random(opts.seed * 1_000_003 + step).random() < sc_share
+                train_loss_opts["self_cond"] = random.Random(seed * 1_000_003 + step).random() < sc_share
             with autocast():
                 loss = diffusion_loss(fwd, x0, t, noise, sqrt_ab, sqrt_1mab, known=known, **train_loss_opts)
             optim.zero_grad(set_to_none=True)

@@ -62,6 +62,24 @@ def test_resume_continues_exactly(data_dir, tmp_path):
     assert a["training"]["samples_seen"] == b["training"]["samples_seen"] == 8
 
 
+def test_resume_keeps_the_lineages_validation_set(data_dir, tmp_path):
+    """A later run given another --seed (or --val-blocks) still validates on the lineage's blocks: its
+    validation curve continues the same curve as an uninterrupted run's."""
+    from gp_engine.train import lineage_validation
+
+    full, part = tmp_path / "full.pt", tmp_path / "part.pt"
+    train(_opts(data_dir, full, steps=4, val_blocks=3))
+    train(_opts(data_dir, part, steps=2, val_blocks=3))
+    meta = train(_opts(data_dir, part, steps=4, resume=True, seed=11, val_blocks=5))
+    assert meta["validation"] == {"seed": 3, "blocks": 3}
+    a = load_checkpoint(full)["training"]["history"]["val"]
+    assert [s for s, _ in meta["history"]["val"]] == [s for s, _ in a] == [2, 4]
+    np.testing.assert_allclose([v for _, v in meta["history"]["val"]], [v for _, v in a], rtol=1e-5)
+    # checkpoints written before the field existed: the options of the run that wrote them
+    assert lineage_validation({"options": {"seed": 2, "val_blocks": 64}}, 0, 8) == (2, 64)
+    assert lineage_validation({}, 0, 8) == (0, 8)
+
+
 def test_resume_from_another_device_reseeds_and_records_the_run(data_dir, tmp_path, capsys):
     """A CPU lineage continued on a GPU (or back): the CPU generator's state cannot drive the other
     device's generator, so the stream is reseeded from the step; weights and counters continue and the
