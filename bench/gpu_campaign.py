@@ -3,9 +3,9 @@
 Several model lineages train side by side on the one GPU (each in its own process, for the same wall
 minutes), then each is built, scored and brought back:
 
-- ``mini3``       16/32/64 channels, three levels (the depth that got grain sizes and spacing right on
-                  the CPU): continues ``checkpoints/gpu_mini3.pt``, or, the first time, the CPU lineage
-                  ``checkpoints/mini3_minsnr_cpu.pt``;
+- ``mini3``       (not run by default since the sixth session) 16/32/64 channels, three levels on the
+                  T = 250 schedule: continues ``checkpoints/gpu_mini3.pt``, or, the first time, the CPU
+                  lineage ``mini3_minsnr_cpu.pt`` (in git history: ``git show 8063285:checkpoints/mini3_minsnr_cpu.pt``);
 - ``mini``        (not run by default since the first loan) the 16/32 lineage ``checkpoints/gpu_mini.pt``;
 - ``small``       (not run by default since the fifth session; its 3.75 H200-minutes are in git history:
                   ``git show c5c9f8f:checkpoints/gpu_small.pt``) the GPU size, 32/64 channels, torch.compile'd:
@@ -13,9 +13,9 @@ minutes), then each is built, scored and brought back:
 - ``conditional`` (not run by default since the fifth session) the outpainting model of the T = 250
                   schedule, TD-Paint clean-known convention: ``checkpoints/gpu_conditional_mini.pt``;
 - ``ext500``      the schedule continued to T = 500 (a walk's first step is pure noise, docs/model.md):
-                  ``checkpoints/gpu_mini3_ext500.pt``, or the first time the CPU arm
-                  ``mini3_ext500_cpu.pt`` if restored from history, else the ``mini3`` CPU lineage with
-                  ``--extend-schedule 500``;
+                  ``checkpoints/gpu_mini3_ext500.pt``, or the first time the CPU lineage
+                  ``checkpoints/mini3_ext500_cpu.pt`` (else the ``mini3`` CPU lineage, if restored, with
+                  ``--extend-schedule 500``);
 - ``conditional_ext500`` the outpainting model on that schedule: ``checkpoints/gpu_conditional_ext500.pt``,
                   or the first time the CPU lineage ``checkpoints/conditional_ext500_cpu.pt``.
 
@@ -32,7 +32,7 @@ still reports what it did):
 5. ``quality_<lineage>``  four 100³ volumes (``fast``; the conditional lineage at its ``conditional``
                   preset) on the torch-CUDA backend, KL against validation SPPARKS 1019-1023 (with the
                   paper's Table 1 beside it).
-6. ``paper``      one 32³ block of the ``mini3`` lineage at ``paper`` settings (2,490 evaluations): seconds
+6. ``paper``      one 32³ block of the ``ext500`` lineage at ``paper`` settings (2,490 evaluations): seconds
                   per block against the paper's 83 s on an A100, and the 100³ time it implies (8 stages,
                   each one batched walk). A whole 100³ volume at paper settings takes ~5 min on an H200
                   with ``small`` (measured: more than 270 s), more than a loan can spare.
@@ -105,7 +105,7 @@ LINEAGES = {
     "conditional": Lineage("conditional", "gpu_conditional_mini.pt", "conditional_clean_cpu.pt", "mini",
                            conditional=True, lr=5e-4, parent="gpu_mini3.pt", sampler="conditional"),
     # the schedule continued to T = 500, so that a walk's first step is pure noise (docs/model.md); the
-    # first time from the CPU run of the fifth session if restored, else from the mini3 lineage itself
+    # first time from its CPU lineage, else (restored from history) the mini3 lineage extended
     "ext500": Lineage("ext500", "gpu_mini3_ext500.pt", "mini3_ext500_cpu.pt", "mini3",
                       parent="mini3_minsnr_cpu.pt", extend_schedule=500),
     "conditional_ext500": Lineage("conditional_ext500", "gpu_conditional_ext500.pt", "conditional_ext500_cpu.pt",
@@ -278,9 +278,9 @@ def main(argv=None) -> int:
                    help="SPPARKS volumes: seeds 1001-1018 train, 1019-1023 validate")
     p.add_argument("--deadline", type=float, default=540.0, help="seconds for everything (default 540 = 9 min)")
     p.add_argument("--train-min", type=float, default=3.75, help="training wall minutes (default 3.75)")
-    p.add_argument("--lineages", default="mini3,ext500,conditional_ext500",
+    p.add_argument("--lineages", default="ext500,conditional_ext500",
                    help=f"comma-separated lineages to train, build and score (of {', '.join(LINEAGES)})")
-    p.add_argument("--paper-lineage", default="mini3", help="lineage timed at paper settings (default mini3)")
+    p.add_argument("--paper-lineage", default="ext500", help="lineage timed at paper settings (default ext500)")
     p.add_argument("--batch-size", type=int, default=64, help="training blocks per step (default 64)")
     p.add_argument("--no-compile", action="store_true", help="never torch.compile (even the small lineage)")
     p.add_argument("--skip", default="", help="comma-separated stages to skip (train, tests, build, quality, paper, speed)")
@@ -396,7 +396,8 @@ def main(argv=None) -> int:
                 continue
             m = build_model(ckpt, model_dir(n), batch_sizes=[1, 8, 64], log=lambda *x: None)
             built[n] = {"name": m["name"], "model_kind": m.get("model_kind"), "target": m.get("target"),
-                        "encoding": m["encoding"], "verification": m["verification"]}
+                        "encoding": m["encoding"], "verification": m["verification"],
+                        "schedule": m["schedule"], "sampler_defaults": m.get("sampler_defaults")}
         if not any("name" in b for b in built.values()):
             raise RuntimeError("no lineage could be built")
         return built
