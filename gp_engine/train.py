@@ -406,7 +406,7 @@ def train(opts: TrainOptions) -> dict:
         config, schedule_d, encoding = dict(base["config"]), base["schedule"], base["encoding"]
         schedule = Schedule.from_dict(schedule_d)
         target = check_target(base.get("prediction", "eps"))
-        objective = {**(base.get("objective") or {}), "crop": 32,
+        objective = {**(base.get("objective") or {}), "crop": int(opts.crop),
                      "aux_ce": float((base.get("objective") or {}).get("aux_ce") or 0.0)}
         objective.setdefault("loss", opts.loss)
         objective.setdefault("weighting", "uniform")

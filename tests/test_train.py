@@ -80,6 +80,17 @@ def test_resume_keeps_the_lineages_validation_set(data_dir, tmp_path):
     assert lineage_validation({}, 0, 8) == (0, 8)
 
 
+def test_warm_start_takes_the_asked_crop(data_dir, tmp_path):
+    """--init-from with --crop 16: the child trains on 16³ crops (was silently 32) and still validates
+    on 32³ blocks; it resumes with its own crop."""
+    train(_opts(data_dir, tmp_path / "p.pt", steps=1))
+    meta = train(_opts(data_dir, tmp_path / "c.pt", steps=1, crop=16, init_from=str(tmp_path / "p.pt")))
+    ck = load_checkpoint(tmp_path / "c.pt")
+    assert ck["objective"]["crop"] == 16 and np.isfinite(meta["final_val_loss"])
+    train(_opts(data_dir, tmp_path / "c.pt", steps=2, resume=True))
+    assert load_checkpoint(tmp_path / "c.pt")["objective"]["crop"] == 16
+
+
 def test_resume_from_another_device_reseeds_and_records_the_run(data_dir, tmp_path, capsys):
     """A CPU lineage continued on a GPU (or back): the CPU generator's state cannot drive the other
     device's generator, so the stream is reseeded from the step; weights and counters continue and the
