@@ -142,7 +142,7 @@ def validate_manifest(m: dict, where: str = "manifest") -> dict:
         raise GPEngineError(f"{where}: precision {m['precision']!r} must be 'fp32' or 'fp16'")
     sd = m.get("sampler_defaults")
     k = (sd or {}).get("sharpen_x0") if isinstance(sd, dict) else "not an object"
-    if sd is not None and k is not None and (isinstance(k, (bool, str)) or not isinstance(k, (int, float))
+    if sd is not None and k is not None and (isinstance(k, bool) or not isinstance(k, (int, float))
                                              or not 0.0 <= float(k) <= 100.0):
         raise GPEngineError(f"{where}: sampler_defaults.sharpen_x0 {k!r} must be a number from 0 to 100; "
                             "rebuild the model with 'gp-engine build --sharpen-x0 K'")
