@@ -113,8 +113,7 @@ def main(argv=None) -> int:
 
     rng = np.random.default_rng(0)
     val = [np.load(SHARED / f"potts_iso_100_seed{s}.npz")["spins"] for s in VALIDATION_SEEDS]
-    ref, _ = shape_figures([c for v in val for c in crops(v, 40, rng)])
-    ref_figs = shape_figures([c for v in val for c in crops(v, 40, np.random.default_rng(1))])[1]
+    ref, ref_figs = shape_figures([c for v in val for c in crops(v, 40, rng)])
     n_plan = 8 * a.volumes
     sampler = sampler_for(a.sampler)
     with tempfile.TemporaryDirectory() as tmp:
