@@ -192,12 +192,13 @@ def bits_encode_blocks(colours: torch.Tensor, n_bits: int, generator: torch.Gene
     return codes[code_of].permute(0, 2, 1).reshape((B, n_bits) + tuple(colours.shape[1:]))
 
 
-def colour_volume(labels: np.ndarray, n_levels: int) -> tuple[np.ndarray, int]:
-    """DSatur colours (0..K-1, uint8) of a volume's 26-connected grains, and the number of conflicts."""
+def colour_volume(labels: np.ndarray, n_levels: int, colouring: str = "dsatur") -> tuple[np.ndarray, int]:
+    """DSatur colours (0..K-1, uint8) of a volume's 26-connected grains, and the number of conflicts
+    (``colouring``: gp_engine.encoding.COLOURINGS)."""
     from .encoding import colour_grains
     from .grains import split_grains
 
-    colour, conflicts = colour_grains(split_grains(labels), n_levels)
+    colour, conflicts = colour_grains(split_grains(labels), n_levels, colouring)
     return colour.astype(np.uint8), int(conflicts)
 
 
@@ -215,11 +216,13 @@ class BlockSource:
     """A stack of volumes on a device that yields encoded, augmented 32³ blocks in batches.
 
     ``encoding``: "separable" (``levels`` K), "bits" (``bits`` channels, 2^bits colours) or "paper".
+    ``colouring``: how grains get their colours (gp_engine.encoding.COLOURINGS).
     Volumes may differ in shape (padded stack). Blocks come out as [B, channels, n, n, n].
     """
 
     def __init__(self, volumes: list[np.ndarray], encoding: str = "separable", levels: int | None = None,
-                 device: str | torch.device = "cpu", block: int = BLOCK, bits: int | None = None):
+                 device: str | torch.device = "cpu", block: int = BLOCK, bits: int | None = None,
+                 colouring: str = "dsatur"):
         if encoding not in ("separable", "paper", "bits"):
             raise GPEngineError(f"encoding {encoding!r} is unknown; use 'separable', 'bits' or 'paper'")
         self.bits = None
@@ -243,7 +246,7 @@ class BlockSource:
         if self.encoding in ("separable", "bits"):
             stack = np.zeros((len(volumes),) + big, np.uint8)
             for i, v in enumerate(volumes):
-                c, n = colour_volume(v, self.levels)
+                c, n = colour_volume(v, self.levels, colouring)
                 self.conflicts += n
                 stack[i, :v.shape[0], :v.shape[1], :v.shape[2]] = c
         else:

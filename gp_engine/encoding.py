@@ -110,17 +110,21 @@ def _csr(n_nodes: int, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @numba.njit(cache=True)
-def _dsatur(indptr, indices, n_levels, valid):  # pragma: no cover - compiled
+def _dsatur(indptr, indices, n_levels, valid, spread):  # pragma: no cover - compiled
     """DSatur on a CSR graph with at most ``n_levels`` colours.
 
     Picks the uncoloured node with the most distinct neighbour colours (ties: highest degree, then
-    lowest index); gives it the smallest colour no neighbour has, or, when all K are taken, the colour
-    the fewest neighbours have (least conflicting). A lazy max-heap keeps it O(E log V).
+    lowest index); gives it the smallest colour no neighbour has (``spread`` False), or the free colour
+    that the fewest nodes two steps away already have (``spread`` True: each counted once per path, so
+    nodes sharing many neighbours weigh more; ties: the smallest colour). When all K are taken it gets
+    the colour the fewest neighbours have (least conflicting). A lazy max-heap keeps it O(E log V)
+    (O(E·degree) with ``spread``).
     """
     n = indptr.size - 1
     colour = np.full(n, -1, np.int64)
     counts = np.zeros((n, n_levels), np.int64)  # neighbours of node having each colour
     sat = np.zeros(n, np.int64)
+    second = np.zeros(n_levels, np.int64)  # spread: colours of the nodes two steps away
     heap = [(0, 0, 0)]
     heap.pop()
     for v in range(n):
@@ -138,6 +142,19 @@ def _dsatur(indptr, indices, n_levels, valid):  # pragma: no cover - compiled
                 best = c
                 if best_count == 0:
                     break
+        if spread and best_count == 0:
+            second[:] = 0
+            for p in range(indptr[v], indptr[v + 1]):
+                u = indices[p]
+                for q in range(indptr[u], indptr[u + 1]):
+                    w = indices[q]
+                    if w != v and colour[w] >= 0:
+                        second[colour[w]] += 1
+            best_second = 1 << 62
+            for c in range(n_levels):
+                if counts[v, c] == 0 and second[c] < best_second:
+                    best_second = second[c]
+                    best = c
         colour[v] = best
         for p in range(indptr[v], indptr[v + 1]):
             u = indices[p]
@@ -149,28 +166,44 @@ def _dsatur(indptr, indices, n_levels, valid):  # pragma: no cover - compiled
     return colour
 
 
+#: How grains are given colours: "dsatur" uses as few colours as it can (the smallest free colour; ~8 on
+#: the shared SPPARKS volumes, so most grains have a same-coloured grain one voxel away), "spread" uses all
+#: K and gives each grain the free colour rarest two steps away (bench/colouring_probe.py).
+COLOURINGS = ("dsatur", "spread")
+
+
+def check_colouring(colouring: str) -> str:
+    if colouring not in COLOURINGS:
+        raise GPEngineError(f"colouring {colouring!r} is unknown; use {' or '.join(COLOURINGS)}")
+    return colouring
+
+
 def colour_graph(n_nodes: int, edges: np.ndarray, n_levels: int,
-                 valid: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-    """DSatur colouring of nodes ``0..n_nodes-1`` with at most ``n_levels`` colours.
+                 valid: np.ndarray | None = None, colouring: str = "dsatur") -> tuple[np.ndarray, int]:
+    """DSatur colouring of nodes ``0..n_nodes-1`` with at most ``n_levels`` colours (``colouring``: see
+    :data:`COLOURINGS`).
 
     Returns ``(colour per node, -1 for nodes not in valid, number of edges whose ends share a colour)``.
     """
     n_levels = _check_levels(n_levels)
+    spread = check_colouring(colouring) == "spread"
     edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
     indptr, indices = _csr(n_nodes, edges)
     if valid is None:
         valid = np.ones(n_nodes, dtype=np.bool_)
-    colour = _dsatur(indptr, indices, n_levels, np.asarray(valid, dtype=np.bool_))
+    colour = _dsatur(indptr, indices, n_levels, np.asarray(valid, dtype=np.bool_), spread)
     conflicts = int(np.count_nonzero(colour[edges[:, 0]] == colour[edges[:, 1]])) if edges.size else 0
     return colour, conflicts
 
 
-def colour_grains(grain_ids: np.ndarray, n_levels: int) -> tuple[np.ndarray, int]:
+def colour_grains(grain_ids: np.ndarray, n_levels: int,
+                  colouring: str = "dsatur") -> tuple[np.ndarray, int]:
     """Colour grains so that touching grains differ: ``(int16 colour per voxel in 0..K-1, n_conflicts)``.
 
     ``grain_ids`` must be split grains (ids ``1..n``, see :func:`gp_engine.grains.split_grains`); id 0
     (outside a mask) gets colour -1. ``n_conflicts`` counts touching grain pairs forced onto one colour
-    because K was too small (0 when DSatur managed with K colours).
+    because K was too small (0 when DSatur managed with K colours). ``colouring``: "dsatur" (fewest
+    colours) or "spread" (all K, same colours kept apart; :data:`COLOURINGS`).
     """
     ids = np.asarray(grain_ids)
     if ids.ndim != 3:
@@ -184,7 +217,7 @@ def colour_grains(grain_ids: np.ndarray, n_levels: int) -> tuple[np.ndarray, int
     present = np.zeros(n_nodes, dtype=bool)
     present[np.unique(ids)] = True
     present[0] = False
-    colour, conflicts = colour_graph(n_nodes, edges, n_levels, present)
+    colour, conflicts = colour_graph(n_nodes, edges, n_levels, present, colouring)
     return colour.astype(np.int16)[ids], conflicts
 
 
@@ -260,5 +293,5 @@ def bits_display(field: np.ndarray) -> np.ndarray:
 __all__ = [
     "DEFAULT_BITS", "bit_codes", "bits_encode", "bits_decode", "bits_display",
     "DEFAULT_LEVELS", "paper_encode", "encoding_levels", "grain_adjacency", "colour_graph",
-    "colour_grains", "chromatic_number_dsatur", "separable_encode",
+    "colour_grains", "chromatic_number_dsatur", "separable_encode", "COLOURINGS", "check_colouring",
 ]

@@ -44,6 +44,8 @@ class TrainOptions:
     encoding: str = "separable"
     levels: int | None = None          # None: gp_engine.encoding.DEFAULT_LEVELS
     bits: int | None = None            # analog-bits channels (encoding "bits"); None: DEFAULT_BITS
+    colouring: str | None = None       # grain colouring of the data (encoding.COLOURINGS); None: the
+                                       # lineage's (resume / --init-from), "dsatur" for a new run
     device: str = "auto"
     precision: str = "auto"            # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
     lr: float = 2e-4
@@ -305,6 +307,19 @@ def _init_weights(base: dict, config: dict) -> dict:
     return state
 
 
+def _with_colouring(encoding: dict, colouring: str | None) -> dict:
+    """The encoding with its data colouring: ``colouring`` if given (a lineage may switch: only the training
+    data changes, not the model), else the lineage's ("dsatur" for runs from before the choice existed)."""
+    from .encoding import check_colouring
+
+    if encoding["kind"] == "paper":
+        if colouring:
+            raise GPEngineError(f"--colouring {colouring}: the paper encoding has no grain colours; drop it or "
+                                "train a separable or bits model")
+        return encoding
+    return {**encoding, "colouring": check_colouring(colouring or encoding.get("colouring") or "dsatur")}
+
+
 def _load_sources(opts: TrainOptions, device: torch.device, encoding: dict, resumed: dict | None, crop: int):
     if resumed is not None:
         train_files = [Path(p) for p in resumed["training"]["train_files"]]
@@ -326,10 +341,12 @@ def _load_sources(opts: TrainOptions, device: torch.device, encoding: dict, resu
             raise GPEngineError("no training data given; use --data DIR (volume files: .npz/.npy/.vti/SPPARKS dump)")
         train_files, val_files = split_train_val(list_volume_files(opts.data), opts.val_pattern)
     kind, levels, bits = encoding["kind"], encoding.get("levels"), encoding.get("bits")
+    colouring = encoding.get("colouring", "dsatur")
     train_vols = [load_volume(p) for p in train_files]
-    train_src = BlockSource(train_vols, kind, levels, device, block=crop, bits=bits)
+    train_src = BlockSource(train_vols, kind, levels, device, block=crop, bits=bits, colouring=colouring)
     # validation always on 32³ blocks (what the sampler runs), whatever the training crop
-    val_src = (BlockSource([load_volume(p) for p in val_files], kind, levels, device, bits=bits)
+    val_src = (BlockSource([load_volume(p) for p in val_files], kind, levels, device, bits=bits,
+                           colouring=colouring)
                if val_files else None)
     return train_files, val_files, train_src, val_src
 
@@ -419,6 +436,7 @@ def train(opts: TrainOptions) -> dict:
     elif opts.extend_schedule:
         raise GPEngineError("--extend-schedule continues a parent's schedule: it needs --init-from CKPT (a new run "
                             "sets --T and --beta-end directly; a resumed run keeps its schedule)")
+    encoding = _with_colouring(encoding, opts.colouring)
     if resumed is None and opts.conditional:
         from .conditional import cond_channels
 
@@ -505,6 +523,7 @@ def train(opts: TrainOptions) -> dict:
     history.setdefault("runs", []).append({
         "from_step": step, "device": _device_name(device), "precision": precision, "batch_size": opts.batch_size,
         "lr": opts.lr, "compile": bool(opts.compile and device.type == "cuda"),
+        "colouring": encoding.get("colouring"),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     ab = torch.tensor(schedule.alphas_cumprod, dtype=torch.float32, device=device)
     sqrt_ab, sqrt_1mab = ab.sqrt(), (1.0 - ab).sqrt()

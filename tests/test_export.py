@@ -28,7 +28,8 @@ def _ckpt(path, seed=0):
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     save_checkpoint(path, {"config": model.config, "schedule": linear_schedule().to_dict(), "prediction": "eps",
-                           "encoding": {"kind": "separable", "levels": 12}, "ema": model.state_dict(),
+                           "encoding": {"kind": "separable", "levels": 12, "colouring": "spread"},
+                           "ema": model.state_dict(),
                            "model": model.state_dict(), "optimizer": None, "step": 0,
                            "training": {"steps": 0, "samples_seen": 0, "train_files": ["/x/a_seed1001.npz"],
                                         "val_files": [], "history": {"train": [[1, 1.0], [2, 0.9]], "val": []}}})
@@ -102,6 +103,9 @@ def test_manifest_validation_errors(built, tmp_path):
         validate_manifest(broken)
     with pytest.raises(GPEngineError, match="levels"):
         validate_manifest({**manifest, "encoding": {"kind": "separable"}})
+    with pytest.raises(GPEngineError, match="encoding colouring 'random' is unknown"):
+        validate_manifest({**manifest, "encoding": {**manifest["encoding"], "colouring": "random"}})
+    assert manifest["encoding"]["colouring"] == "spread"  # the checkpoint's, carried into the manifest
     with pytest.raises(GPEngineError, match="does not exist"):
         resolve_model(tmp_path / "missing")
     with pytest.raises(GPEngineError, match="no manifest.json"):

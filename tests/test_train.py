@@ -250,3 +250,33 @@ def test_aux_ce_on_predicted_bits():
 def test_aux_ce_needs_bits(data_dir, tmp_path):
     with pytest.raises(GPEngineError, match="--aux-ce .* needs --encoding bits"):
         train(_opts(data_dir, tmp_path / "m.pt", aux_ce=0.5))
+
+
+def test_colouring_is_the_lineages_and_a_switch_is_recorded(data_dir, tmp_path):
+    """--colouring spread: the training blocks use all 2^bits codes (DSatur alone needs ~8 on this data);
+    the lineage keeps it on resume, a later run may switch it (recorded per run), paper has no colours."""
+    from gp_engine.blocks import BlockSource
+    from gp_engine.encoding import bits_decode
+
+    vol = np.load(data_dir / "crop_seed1001.npy")
+    g = torch.Generator().manual_seed(0)
+    used = {}
+    for mode in ("dsatur", "spread"):
+        src = BlockSource([vol], "bits", device="cpu", bits=4, colouring=mode)
+        codes = bits_decode(src.sample(1, g)[0].numpy())
+        used[mode] = len(np.unique(src.stack.numpy()))  # colour indices before the per-block code permutation
+        assert len(np.unique(codes)) <= used[mode]
+    assert used["spread"] == 16 > used["dsatur"]
+
+    out = tmp_path / "c.pt"
+    train(_opts(data_dir, out, steps=1, encoding="bits", colouring="spread"))
+    assert load_checkpoint(out)["encoding"]["colouring"] == "spread"
+    train(_opts(data_dir, out, steps=2, resume=True))
+    assert load_checkpoint(out)["encoding"]["colouring"] == "spread"
+    meta = train(_opts(data_dir, out, steps=3, resume=True, colouring="dsatur"))
+    assert load_checkpoint(out)["encoding"]["colouring"] == "dsatur"
+    assert [r["colouring"] for r in meta["history"]["runs"]] == ["spread", "spread", "dsatur"]
+    train(_opts(data_dir, tmp_path / "d.pt", steps=1, encoding="bits"))
+    assert load_checkpoint(tmp_path / "d.pt")["encoding"]["colouring"] == "dsatur"
+    with pytest.raises(GPEngineError, match="--colouring spread: the paper encoding has no grain colours"):
+        train(_opts(data_dir, tmp_path / "p.pt", steps=1, encoding="paper", colouring="spread"))

@@ -22,6 +22,10 @@ def register(sub) -> argparse.ArgumentParser:
                    help="block encoding (default separable): separable = K levels, bits = analog bits over "
                         "--bits channels, paper = the paper's spin values")
     p.add_argument("--bits", type=int, help="analog-bits channels for --encoding bits (default 4 = 16 codes)")
+    p.add_argument("--colouring", choices=["dsatur", "spread"],
+                   help="how grains get their colours in the training data: dsatur (fewest colours) or spread "
+                        "(all 2^bits / K colours, same colours kept apart); default: the lineage's when resuming "
+                        "or with --init-from (a switch changes only the data), dsatur for a new run")
     p.add_argument("--levels", type=int, help="separable encoding levels K (default: gp_engine.encoding.DEFAULT_LEVELS)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
@@ -94,7 +98,7 @@ def run(args) -> int:
                             "and target come from that checkpoint; drop them")
     opts = TrainOptions(
         data=args.data or [], out=args.out, preset=args.preset or "small", steps=args.steps,
-        batch_size=args.batch_size, encoding=args.encoding or "separable", levels=args.levels, bits=args.bits, device=args.device, precision=args.precision,
+        batch_size=args.batch_size, encoding=args.encoding or "separable", levels=args.levels, bits=args.bits, colouring=args.colouring, device=args.device, precision=args.precision,
         lr=args.lr, loss=args.loss, target=args.target or "eps", weighting=args.weighting, gamma=args.gamma, aux_ce=args.aux_ce,
         crop=args.crop, cpu_time_limit_min=args.cpu_time_limit_min, ema_decay=args.ema_decay, T=args.T, val_pattern=args.val_pattern,
         val_every=args.val_every, val_blocks=args.val_blocks, checkpoint_every=args.checkpoint_every,

@@ -15,7 +15,9 @@ manifest.json keys (format_version 1)::
     target          what the network was trained to predict: "eps" | "x0" | "v" (converted to ε inside
                     the graph); absent in older manifests = "eps"
     objective       {"loss", "weighting", "gamma", "crop"} of training (informational)
-    encoding        {"kind": "separable"|"paper"|"bits", "levels": K or null, "bits": B (bits only)}
+    encoding        {"kind": "separable"|"paper"|"bits", "levels": K or null, "bits": B (bits only),
+                     "colouring": "dsatur"|"spread" (how the training data's grains were coloured;
+                     informational, absent in older manifests = "dsatur")}
     onnx            {"file": "model.onnx", "opset": int, "dynamic_batch": bool, "sha256": hex,
                      "inputs": {"x": {"shape": [B, 1, 32, 32, 32], "dtype": "float32"},
                                 "t": {"shape": [B], "dtype": "float32"}},   # B = "batch" if dynamic
@@ -113,6 +115,9 @@ def validate_manifest(m: dict, where: str = "manifest") -> dict:
         if not (isinstance(b, int) and 1 <= b <= 8 and enc.get("levels") == 1 << b):
             raise GPEngineError(f"{where}: bits encoding needs an integer 'bits' in 1..8 and 'levels' = 2^bits, "
                                 f"got {enc!r}")
+    if enc.get("colouring", "dsatur") not in ("dsatur", "spread"):
+        raise GPEngineError(f"{where}: encoding colouring {enc.get('colouring')!r} is unknown (dsatur, spread); "
+                            "upgrade gp-engine")
     if enc["kind"] == "separable" and not (isinstance(enc.get("levels"), int) and enc["levels"] >= 2):
         raise GPEngineError(f"{where}: separable encoding needs an integer 'levels' >= 2, got {enc.get('levels')!r}")
     from ..conditional import KINDS
