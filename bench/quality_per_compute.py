@@ -83,7 +83,7 @@ def train_config(a, ckpt: Path) -> dict:
     opts = TrainOptions(
         data=[str(a.data)], out=str(ckpt), preset=a.preset, steps=10**9, batch_size=a.batch_size,
         device=a.device, lr=a.lr, ema_decay=a.ema_decay, target=a.target, weighting=a.weighting,
-        encoding=a.encoding, bits=a.bits, aux_ce=a.aux_ce,
+        encoding=a.encoding, bits=a.bits, aux_ce=a.aux_ce, colouring=a.colouring,
         crop=a.crop, seed=a.seed, threads=a.threads, resume=a.resume, force=not a.resume,
         val_every=a.val_every, checkpoint_every=250, progress=not a.quiet,
         cpu_time_limit_min=a.budget if a.device_kind == "cpu" else None,
@@ -98,9 +98,10 @@ def _fmt(v, spec=".4f") -> str:
 
 def _enc(e) -> str:
     e = e or {}
+    spread = "/spread" if e.get("colouring") == "spread" else ""
     if e.get("kind") == "bits":
-        return f"bits{e.get('bits')}"
-    return f"{e.get('kind', '?')}{e.get('levels') or ''}"
+        return f"bits{e.get('bits')}{spread}"
+    return f"{e.get('kind', '?')}{e.get('levels') or ''}{spread}"
 
 
 def render_md(rows: list[dict]) -> str:
@@ -192,6 +193,8 @@ def main(argv=None) -> int:
     p.add_argument("--crop", type=int, default=32, choices=[16, 32])
     p.add_argument("--encoding", default="separable", choices=["separable", "bits", "paper"])
     p.add_argument("--bits", type=int, help="analog-bits channels (--encoding bits; default 4)")
+    p.add_argument("--colouring", choices=["dsatur", "spread"],
+                   help="grain colouring of the training data (default: the checkpoint's, dsatur for a new run)")
     p.add_argument("--budget", type=float, default=20.0,
                    help="training minutes for this run: process CPU time on the CPU, wall time on a GPU")
     p.add_argument("--resume", action="store_true", help="continue the configuration's checkpoint")
