@@ -72,7 +72,7 @@ def test_bits_model_trains_builds_and_generates(tmp_path):
                        encoding="bits", bits=3, target="v", val_every=3, val_blocks=2, progress=False,
                        threads=1))
     m = build_model(ck, tmp_path / "model", batch_sizes=[1, 2], log=lambda *a: None)
-    assert m["encoding"] == {"kind": "bits", "levels": 8, "bits": 3}
+    assert m["encoding"] == {"kind": "bits", "levels": 8, "bits": 3, "colouring": "dsatur"}
     assert m["onnx"]["inputs"]["x"]["shape"][1] == 3
     plan = {"version": 1, "geometry": {"shape": [40, 36, 32]}, "model": str(tmp_path / "model"),
             "sampler": {"steps": 6, "resample": 0, "jump": 1, "no_resample_tail": 0}, "batch_size": 2,
