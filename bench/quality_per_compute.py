@@ -193,7 +193,7 @@ def main(argv=None) -> int:
     p.add_argument("--crop", type=int, default=32, choices=[16, 32])
     p.add_argument("--encoding", default="separable", choices=["separable", "bits", "paper"])
     p.add_argument("--bits", type=int, help="analog-bits channels (--encoding bits; default 4)")
-    p.add_argument("--colouring", choices=["dsatur", "spread"],
+    p.add_argument("--colouring", metavar="{dsatur,spread}",  # checked by gp_engine.encoding.check_colouring
                    help="grain colouring of the training data (default: the checkpoint's, dsatur for a new run)")
     p.add_argument("--budget", type=float, default=20.0,
                    help="training minutes for this run: process CPU time on the CPU, wall time on a GPU")

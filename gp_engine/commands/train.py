@@ -22,7 +22,7 @@ def register(sub) -> argparse.ArgumentParser:
                    help="block encoding (default separable): separable = K levels, bits = analog bits over "
                         "--bits channels, paper = the paper's spin values")
     p.add_argument("--bits", type=int, help="analog-bits channels for --encoding bits (default 4 = 16 codes)")
-    p.add_argument("--colouring", choices=["dsatur", "spread"],
+    p.add_argument("--colouring", metavar="{dsatur,spread}",  # checked by gp_engine.encoding.check_colouring
                    help="how grains get their colours in the training data: dsatur (fewest colours) or spread "
                         "(all 2^bits / K colours, same colours kept apart); default: the lineage's when resuming "
                         "or with --init-from (a switch changes only the data), dsatur for a new run")

@@ -115,9 +115,11 @@ def validate_manifest(m: dict, where: str = "manifest") -> dict:
         if not (isinstance(b, int) and 1 <= b <= 8 and enc.get("levels") == 1 << b):
             raise GPEngineError(f"{where}: bits encoding needs an integer 'bits' in 1..8 and 'levels' = 2^bits, "
                                 f"got {enc!r}")
-    if enc.get("colouring", "dsatur") not in ("dsatur", "spread"):
-        raise GPEngineError(f"{where}: encoding colouring {enc.get('colouring')!r} is unknown (dsatur, spread); "
-                            "upgrade gp-engine")
+    from ..encoding import COLOURINGS
+
+    if enc.get("colouring", "dsatur") not in COLOURINGS:
+        raise GPEngineError(f"{where}: encoding colouring {enc.get('colouring')!r} is unknown "
+                            f"({', '.join(COLOURINGS)}); upgrade gp-engine")
     if enc["kind"] == "separable" and not (isinstance(enc.get("levels"), int) and enc["levels"] >= 2):
         raise GPEngineError(f"{where}: separable encoding needs an integer 'levels' >= 2, got {enc.get('levels')!r}")
     from ..conditional import KINDS
