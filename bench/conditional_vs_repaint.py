@@ -15,7 +15,8 @@ Settings: ``fast`` and ``paper`` (RePaint on ``--unconditional``, default the sh
 model folder or a trainer checkpoint, built on first use). Generated volumes are kept under
 bench/out/conditional/ and reused (an interrupted one resumes); rows accumulate in
 bench/results/conditional.{json,md} (a row is replaced when the same model, setting and box are
-scored again) with the plot bench/plots/conditional_kl_vs_evaluations.png.
+scored again; rows say whether grains were cut at thin necks, ``+necks``, the default since the eighth
+session) with the plot bench/plots/conditional_kl_vs_evaluations.png.
 
     python bench/conditional_vs_repaint.py --conditional checkpoints/gpu_conditional_mini.pt \\
         --settings fast cond25 cond50 cond100 --shape 100 100 100 --volumes 4
@@ -97,7 +98,8 @@ def spparks_seams(shape, corners) -> dict:
         "seam_boundary_density_sd": float(np.std([f["seam_boundary_density"] for f in figs]))}
 
 
-def run_setting(setting: str, model: Path | None, shape, volumes: int, work: Path, batch: int, quiet: bool) -> dict:
+def run_setting(setting: str, model: Path | None, shape, volumes: int, work: Path, batch: int, quiet: bool,
+                necks: bool = True) -> dict:
     from gp_engine.generate import generate, plan_blocks
     from gp_engine.runtime import read_model
     from gp_engine.stats import summarize
@@ -113,12 +115,19 @@ def run_setting(setting: str, model: Path | None, shape, volumes: int, work: Pat
         if not (out / "grains.npy").is_file():
             plan = {"version": 1, "geometry": {"shape": list(shape)}, "model": str(mdir), "sampler": sampler,
                     "batch_size": batch, "backend": "onnxruntime", "seed": seed,
+                    "segmentation": {"split_necks": necks},
                     "outputs": {"dir": str(out), "formats": ["npy", "png"]}}
             resume = (out / "canvas").is_dir()
             generate(plan, out_dir=out, resume=resume, force=not resume, progress=not quiet)
         st = json.loads((out / "stats.json").read_text())
         timings.append(st["timing"])
         ids = np.load(out / "grains.npy")
+        if necks and "split_necks" not in st:  # kept from a run without the cut: the same step, here
+            from gp_engine.necks import split_necks
+
+            ids = split_necks(ids, out=ids)
+        elif not necks and "split_necks" in st:
+            raise SystemExit(f"conditional_vs_repaint: {out} was cut at necks; move it away to score without")
         grains.append(ids)
         seams.append(plane_report(ids, block_seams(corners, shape)))
         print(f"  {setting} seed {seed}: {st['timing'].get('voxels_per_min') or 0:,.0f} vox/min", flush=True)
@@ -127,7 +136,7 @@ def run_setting(setting: str, model: Path | None, shape, volumes: int, work: Pat
     small = grain_figures(grains)["share_voxels_small_grains"]
     vpm = [t["voxels_per_min"] for t in timings if t.get("voxels_per_min")]
     return {
-        "setting": setting, "sampler": sampler, "model": manifest["name"], "model_kind": manifest.get("model_kind", "unconditional"),
+        "setting": setting, "split_necks": bool(necks), "sampler": sampler, "model": manifest["name"], "model_kind": manifest.get("model_kind", "unconditional"),
         "model_training": {k: (manifest.get("training") or {}).get(k) for k in ("steps", "samples_seen", "cpu_time_s", "init_from")},
         # what the runs really used (runs from before the x̂0 sharpening existed record no sampler: κ = 0)
         "sharpen_x0": (timings[0].get("sampler") or {}).get("sharpen_x0", 0.0),
@@ -161,7 +170,8 @@ def render_md(rows: list[dict], floor: dict | None) -> str:
         box = f"{r['volumes']}×{'x'.join(map(str, r['shape']))}"
         spp = (f"{sp['seam_boundary_density']:.3f} / {sp['interior_boundary_density']:.3f}" if sp else "–")
         lines.append(
-            f"| {r['model']} | {r['model_kind']} | {r['setting']} | {r.get('sharpen_x0', 0.0):g} | "
+            f"| {r['model']} | {r['model_kind']} | {r['setting']}{' +necks' if r.get('split_necks') else ''} | "
+            f"{r.get('sharpen_x0', 0.0):g} | "
             f"{r['evaluations_per_block']} | {box} | "
             f"{s['kl_volume']:.3f} | {s['kl_aspect']:.3f} | {s['kl_centroid']:.3f} | {s['grains']} | "
             f"{s['median_volume']:.0f} | {100 * r['share_voxels_small_grains']:.1f} % | "
@@ -213,6 +223,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime / numba threads (default 1)")
     ap.add_argument("--work", default=str(ROOT / "bench" / "out" / "conditional"))
+    ap.add_argument("--no-split-necks", dest="split_necks", action="store_false",
+                    help="score the segmentation without the cut at thin necks (gp_engine.necks; on by default "
+                         "as in plans; volumes kept from a run without it are cut here, the same step)")
     ap.add_argument("--no-row", action="store_true")
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
@@ -232,7 +245,7 @@ def main(argv=None) -> int:
         if setting.startswith("cond") and model is None:
             raise SystemExit("conditional_vs_repaint: condN settings need --conditional MODEL_OR_CHECKPOINT")
         row = {**header("conditional_vs_repaint", cuda=False),
-               **run_setting(setting, model, shape, a.volumes, work, a.batch_size, a.quiet),
+               **run_setting(setting, model, shape, a.volumes, work, a.batch_size, a.quiet, a.split_necks),
                "spparks_seams": spp, "floor_spparks_5v5": floor, "paper_table1_r10": PAPER_R10,
                "wall_s": time.time() - t0}
         s = row["summary"]
@@ -241,8 +254,9 @@ def main(argv=None) -> int:
               f" vs {row['seams']['interior_boundary_density']:.3f}", flush=True)
         if not a.no_row:  # read the rows just before writing: another run may have added some meanwhile
             rows = json.loads(ROWS_JSON.read_text()) if ROWS_JSON.is_file() else []
-            key = (row["model"], row["setting"], tuple(row["shape"]), row["volumes"])
-            rows = [r for r in rows if (r["model"], r["setting"], tuple(r["shape"]), r["volumes"]) != key] + [row]
+            def key(r):
+                return r["model"], r["setting"], tuple(r["shape"]), r["volumes"], bool(r.get("split_necks"))
+            rows = [r for r in rows if key(r) != key(row)] + [row]
             RESULTS.mkdir(parents=True, exist_ok=True)
             ROWS_JSON.write_text(json.dumps(rows, indent=1) + "\n")
             ROWS_MD.write_text(render_md(rows, floor))

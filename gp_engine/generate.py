@@ -270,6 +270,14 @@ def segmentation_kwargs(seg, levels: int | None = None, encoding_kind: str | Non
     return kwargs
 
 
+def _seg_setting(seg, key: str, default):
+    """One setting of a plan's segmentation (a SegmentationConfig, a dict or None)."""
+    if seg is None:
+        return default
+    value = seg.get(key) if isinstance(seg, dict) else getattr(seg, key, None)
+    return default if value is None else value
+
+
 def segment_field(field: np.ndarray, seg, out_dir: Path | None = None,
                   progress: bool = False, levels: int | None = None,
                   encoding_kind: str | None = None, canvas_dir: Path | None = None,
@@ -517,9 +525,19 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
 
             inside = np.ascontiguousarray(mask[:shape[0], :shape[1], :shape[2]])
             grain_ids = split_grains(grain_ids, mask=inside)
+        necks = None
+        if _seg_setting(getattr(plan, "segmentation", None), "split_necks", True):
+            from .necks import split_necks
+
+            necks = {}
+            in_place = grain_ids.dtype == np.int32 and grain_ids.flags.c_contiguous
+            grain_ids = split_necks(grain_ids, periodic=periodic, out=grain_ids if in_place else None,
+                                    progress=progress, report=necks)
         # outputs first (into staging, then swapped in), statistics after
         stats = {"summary": None, "status": "statistics pending", "timing": timing,
                  "plan_hash": meta["plan_hash"], "seed": seed, "shape": list(shape), "model": str(model_dir)}
+        if necks is not None:
+            stats["split_necks"] = necks
         if inside is not None:
             geo = plan.geometry
             stats["part"] = {"stl": str(geo.stl), "pitch": geo.pitch, "voxels_inside": int(inside.sum()),

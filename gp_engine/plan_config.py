@@ -56,7 +56,8 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 8,
     "backend": "auto",
     "seed": 0,
-    "segmentation": {"method": "auto", "eps": 1.9, "min_samples": 15, "value_scale": 32.0, "min_size": None},
+    "segmentation": {"method": "auto", "eps": 1.9, "min_samples": 15, "value_scale": 32.0, "min_size": None,
+                     "split_necks": True},
     "outputs": {"dir": "out", "formats": ["npy", "vti", "png"], "voxel_size": 1.0, "units": "µm"},
     "orientations": None,
     "reference": None,
@@ -137,6 +138,7 @@ class SegmentationConfig:
     min_samples: int
     value_scale: float
     min_size: int | None = None   # None: the method's default (levels 5, dbscan 1; auto for bits: 80)
+    split_necks: bool = True      # cut grains at thin necks afterwards (gp_engine.necks)
 
 
 @dataclass(frozen=True)
@@ -414,7 +416,7 @@ def resolve_sampler(sampler: SamplerConfig, model_kind: str, where: str = "plan"
 def _segmentation(where: str, value: Any) -> SegmentationConfig:
     example = '"segmentation": {"method": "dbscan", "eps": 1.9, "min_samples": 15}'
     obj = _as_object(where, "segmentation", value, example)
-    _check_keys(where, "segmentation", obj, ("method", "eps", "min_samples", "value_scale", "min_size"))
+    _check_keys(where, "segmentation", obj, ("method", "eps", "min_samples", "value_scale", "min_size", "split_necks"))
     d = DEFAULTS["segmentation"]
     method = _as_choice(where, "segmentation.method", obj.get("method", d["method"]),
                         SEGMENTATION_METHODS, '"segmentation": {"method": "dbscan"}')
@@ -430,7 +432,11 @@ def _segmentation(where: str, value: Any) -> SegmentationConfig:
     min_size = obj.get("min_size")
     if min_size is not None:
         min_size = _as_int(where, "segmentation.min_size", min_size, 1, None, '"segmentation": {"min_size": 40}')
-    return SegmentationConfig(method, eps, min_samples, value_scale, min_size)
+    split = obj.get("split_necks", d["split_necks"])
+    if not isinstance(split, bool):
+        raise _bad(where, "segmentation.split_necks", split, "must be true or false",
+                   '"segmentation": {"split_necks": false}')
+    return SegmentationConfig(method, eps, min_samples, value_scale, min_size, split)
 
 
 def _outputs(where: str, value: Any, base: Path) -> OutputsConfig:

@@ -185,6 +185,18 @@ def test_generate_end_to_end_with_kill_and_resume(tmp_path):
     assert ids.min() >= 1
     stats = json.loads((tmp_path / "ref/stats.json").read_text())  # strict JSON (no NaN)
     assert stats["summary"]["grains"] >= 1 and stats["timing"]["blocks"] == 8
+    # the plan's segmentation, then the cut at thin necks (on by default)
+    from gp_engine.necks import split_necks
+    from gp_engine.segment import segment
+
+    plain = segment(ref_field, method="dbscan", eps=1.9, min_samples=5, value_scale=32.0)
+    np.testing.assert_array_equal(ids, split_necks(plain))
+    assert stats["split_necks"]["grains_cut"] >= 1 and not np.array_equal(ids, plain)
+    off = json.loads(plan.read_text())
+    off["segmentation"]["split_necks"] = False
+    generate(off, out_dir=tmp_path / "plain", progress=False)
+    np.testing.assert_array_equal(np.load(tmp_path / "plain/grains.npy"), plain)
+    assert "split_necks" not in json.loads((tmp_path / "plain/stats.json").read_text())
     with pytest.raises(GPEngineError, match="--force"):       # refuses to overwrite
         generate(str(plan), out_dir=tmp_path / "ref", progress=False)
     # the CLI killed (SIGKILL) after its first batch, then resumed: identical voxels

@@ -38,6 +38,7 @@ def test_minimal_plan_takes_documented_defaults(tmp_path):
     assert plan.batch_size == DEFAULTS["batch_size"] and plan.backend == "auto" and plan.seed == 0
     assert plan.segmentation.method == "auto" and plan.segmentation.eps == 1.9
     assert plan.segmentation.min_samples == 15 and plan.segmentation.value_scale == 32.0
+    assert plan.segmentation.split_necks is True
     assert plan.outputs.dir == (tmp_path / "out").resolve()
     assert plan.outputs.formats == ("npy", "vti", "png")
     assert plan.reference is None and plan.checkpoint_every == 1
@@ -105,6 +106,7 @@ def test_to_dict_round_trips(tmp_path):
     ({"segmentation__eps": 2.0}, "segmentation.eps", "< 2"),
     ({"segmentation__method": "kmeans"}, "segmentation.method", '"levels"'),
     ({"segmentation__min_samples": 0}, "segmentation.min_samples", "≥ 1"),
+    ({"segmentation__split_necks": "yes"}, "segmentation.split_necks", "true or false"),
     ({"seed": -3}, "seed", "integer from 0"),
     ({"reference": "a.npz"}, "reference", "list"),
     ({"checkpoint_every": -1}, "checkpoint_every", "≥ 0"),

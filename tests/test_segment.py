@@ -323,6 +323,26 @@ def test_cli_round_trip(tmp_path, capsys, tile):
     np.testing.assert_array_equal(lv, segment(f, method="levels", levels=[k / 7 for k in range(7)]))
 
 
+@pytest.mark.parametrize("tile", [None, 12])
+def test_cli_split_necks(tmp_path, tile):
+    """--split-necks: the segmentation, then gp_engine.necks (in RAM or in tiles on memmaps)."""
+    from gp_engine.cli import main
+    from gp_engine.necks import split_necks
+
+    ids = np.zeros((34, 16, 16), np.int32)       # a dumbbell (two 8³ lobes, a 2×2 neck) in another grain
+    ids[3:11, 4:12, 4:12] = 1
+    ids[23:31, 4:12, 4:12] = 1
+    ids[11:23, 7:9, 7:9] = 1
+    np.save(tmp_path / "field.npy", np.where(ids == 1, 0.8, -0.8).astype(np.float32))
+    argv = ["segment", str(tmp_path / "field.npy"), str(tmp_path / "ids.npy"), "--method", "levels",
+            "--levels", "2", "--split-necks"] + (["--tile", str(tile)] if tile else [])
+    assert main(argv) == 0
+    got = np.load(tmp_path / "ids.npy")
+    plain = segment(np.load(tmp_path / "field.npy"), method="levels", levels=2)
+    assert plain.max() == 2 and got.max() == 3
+    np.testing.assert_array_equal(got, split_necks(plain))
+
+
 def test_cli_errors_exit_2(tmp_path, capsys):
     from gp_engine.cli import main
 

@@ -51,6 +51,9 @@ def register(sub):
                         f"(default: {DEFAULT_MIN_SIZE} for levels, 1 = keep all for dbscan)")
     p.add_argument("--tile", type=int, default=None,
                    help="process in N^3 tiles (out-of-core for .npy); same result as untiled")
+    p.add_argument("--split-necks", action="store_true",
+                   help="then cut grains at thin necks (gp_engine.necks; what gp-engine generate does "
+                        "unless the plan says \"segmentation\": {\"split_necks\": false})")
     p.add_argument("--progress", action="store_true", help="show a progress bar per pass")
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
     return p
@@ -61,6 +64,7 @@ def run(args) -> int:
 
     from ..atomic_write import atomic_path
     from ..errors import GPEngineError, refuse_overwrite
+    from ..necks import split_necks
     from ..segment import segment
     from ..volume_io import open_npy_memmap, read_volume, write_volume
 
@@ -87,11 +91,15 @@ def run(args) -> int:
             # disk bytes reserved up front: a full disk is an OSError here, not a SIGBUS later
             out = open_npy_memmap(tmp, np.int32, field.shape)
             ids = segment(field, out=out, **kwargs)
+            if args.split_necks:
+                ids = split_necks(ids, tile=args.tile, out=ids, progress=args.progress)
             n = int(ids.max())
             out.flush()
             del ids, out
     else:
         ids = segment(field, **kwargs)
+        if args.split_necks:
+            ids = split_necks(ids, tile=args.tile, out=ids, progress=args.progress)
         n = int(ids.max())
         write_volume(dst, ids)
     dt = time.perf_counter() - t0
