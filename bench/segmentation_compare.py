@@ -13,9 +13,10 @@ share of voxels in grains under 20 voxels. Methods:
 - ``watershed/m``       components of ``levels/m`` as markers, every dropped voxel flooded from them
                         along the field's gradient magnitude (scipy.ndimage.watershed_ift): fragments join
                         the grain they are not separated from by a jump of the field
-- ``<method>+necks``    then segments split at necks (:func:`split_necks`): generated grains over 1,000
-                        voxels have ~6 distance-transform maxima where SPPARKS grains have ~1.7 (two
-                        touching grains painted with the same code are one segment)
+- ``<method>+necks``    then grains cut at thin necks (``gp_engine.necks.split_necks``, the step
+                        ``gp-engine generate`` runs; rows before the eighth session used an earlier
+                        bench-only splitter: one marker per distance maximum, lobes merged back unless
+                        the crossing was narrower than 0.7 × the smaller lobe's radius)
 
     python bench/segmentation_compare.py bench/out/qpc/v/gen_*/field.npy --levels 10 --name v
 
@@ -25,12 +26,10 @@ Writes bench/results/segmentation_compare.{json,md} (rows accumulate per --name)
 from __future__ import annotations
 
 import argparse
-import heapq
 import json
 import sys
 from pathlib import Path
 
-import numba
 import numpy as np
 from scipy import ndimage
 
@@ -73,109 +72,14 @@ def watershed(field: np.ndarray, levels: int, min_size: int) -> np.ndarray:
     return ndimage.watershed_ift(img, markers, structure=st).astype(np.int32)
 
 
-@numba.njit(cache=True)
-def _push_neighbours(ids, dist, queued, heap, x, y, z):
-    """Queue the unqueued 26-neighbours of (x, y, z) in its segment, highest distance first."""
-    nx, ny, nz = ids.shape
-    for dx in range(-1, 2):
-        for dy in range(-1, 2):
-            for dz in range(-1, 2):
-                a, b, c = x + dx, y + dy, z + dz
-                if 0 <= a < nx and 0 <= b < ny and 0 <= c < nz and not queued[a, b, c] \
-                        and ids[a, b, c] == ids[x, y, z]:
-                    queued[a, b, c] = True
-                    heapq.heappush(heap, (-np.float64(dist[a, b, c]), np.int64((a * ny + b) * nz + c)))
-
-
-@numba.njit(cache=True)
-def _flood(ids, dist, lobe):
-    """Priority flood (highest distance first) of every segment from its markers, 26-neighbourhood:
-    each voxel takes the lobe of its highest labelled neighbour in the same segment."""
-    nx, ny, nz = ids.shape
-    queued = lobe > 0
-    heap = [(0.0, np.int64(0))]
-    heapq.heappop(heap)
-    for x in range(nx):
-        for y in range(ny):
-            for z in range(nz):
-                if lobe[x, y, z] > 0:
-                    _push_neighbours(ids, dist, queued, heap, x, y, z)
-    while len(heap) > 0:
-        i = heapq.heappop(heap)[1]
-        x, y, z = i // (ny * nz), (i // nz) % ny, i % nz
-        best, lab = -1.0, 0
-        for dx in range(-1, 2):
-            for dy in range(-1, 2):
-                for dz in range(-1, 2):
-                    a, b, c = x + dx, y + dy, z + dz
-                    if 0 <= a < nx and 0 <= b < ny and 0 <= c < nz and lobe[a, b, c] > 0 \
-                            and ids[a, b, c] == ids[x, y, z] and dist[a, b, c] > best:
-                        best, lab = dist[a, b, c], lobe[a, b, c]
-        lobe[x, y, z] = lab
-        _push_neighbours(ids, dist, queued, heap, x, y, z)
-    return lobe
-
-
-def split_necks(ids: np.ndarray, ratio: float = 0.7, min_peak: float = 2.0) -> np.ndarray:
-    """Split segments at necks: one marker per maximum plateau (≥ ``min_peak``) of the distance to the
-    segment's boundary, a priority flood of each segment from its markers, then neighbouring lobes
-    merged back (widest crossing first) unless the widest crossing between them is narrower than
-    ``ratio`` × the smaller lobe's radius. Returns 26-connected ids 1..n."""
-    import cc3d
-
-    ids = np.ascontiguousarray(ids, dtype=np.int64)
-    edge = np.zeros(ids.shape, bool)
-    pairs = []
-    for ax in range(3):
-        a, b = [slice(None)] * 3, [slice(None)] * 3
-        a[ax], b[ax] = slice(0, -1), slice(1, None)
-        a, b = tuple(a), tuple(b)
-        pairs.append((a, b))
-        d = ids[a] != ids[b]
-        edge[a] |= d
-        edge[b] |= d
-    dist = ndimage.distance_transform_edt(~edge).astype(np.float32)
-    peak = (dist >= min_peak) & (dist == ndimage.maximum_filter(dist, size=3))
-    lobe = _flood(ids, dist, cc3d.connected_components(np.where(peak, ids, 0), connectivity=26).astype(np.int64))
-    part = np.unique((ids * (int(lobe.max()) + 1) + lobe).ravel(), return_inverse=True)[1].reshape(ids.shape)
-    n = int(part.max()) + 1
-    radius = np.asarray(ndimage.maximum(dist, part, index=np.arange(n)), np.float32)
-    lo, hi, width = [], [], []
-    for a, b in pairs:  # crossings between lobes of one segment: the smaller distance of the two voxels
-        pa, pb = part[a], part[b]
-        same = (ids[a] == ids[b]) & (pa != pb)
-        lo.append(np.minimum(pa[same], pb[same]))
-        hi.append(np.maximum(pa[same], pb[same]))
-        width.append(np.minimum(dist[a][same], dist[b][same]))
-    key = np.concatenate(lo).astype(np.int64) * n + np.concatenate(hi)
-    width = np.concatenate(width)
-    order = np.argsort(key, kind="stable")
-    key, width = key[order], width[order]
-    uk, start = np.unique(key, return_index=True)
-    widest = np.maximum.reduceat(width, start) if width.size else np.zeros(0, np.float32)
-    parent = np.arange(n)
-
-    def find(x):
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for i in np.argsort(-widest):
-        u, v = int(uk[i] // n), int(uk[i] % n)
-        if widest[i] >= ratio * min(radius[u], radius[v]):
-            ru, rv = find(u), find(v)
-            if ru != rv:
-                parent[max(ru, rv)] = min(ru, rv)
-    roots = np.array([find(x) for x in range(n)])
-    return cc3d.connected_components(roots[part] + 1, connectivity=26).astype(np.int32)
-
-
 def run_method(name: str, field: np.ndarray, levels: int) -> np.ndarray:
     from gp_engine.segment import segment
 
     if name.endswith("+necks"):
-        return split_necks(run_method(name[: -len("+necks")], field, levels))
+        from gp_engine.grains import split_grains
+        from gp_engine.necks import split_necks
+
+        return split_necks(split_grains(run_method(name[: -len("+necks")], field, levels)))
     kind, _, m = name.partition("/")
     m = int(m) if m else 5
     if kind == "dbscan":
