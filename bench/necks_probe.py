@@ -105,8 +105,13 @@ def render_md(rows: list[dict]) -> str:
              "| set | volumes | neck ratio | KL volume | KL aspect | KL centroid | grains | median vol | grains cut "
              "| SPPARKS control KL (vol / asp / cen) | SPPARKS cut | Voronoi cut | date | commit |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    seen = set()
     for r in rows:
+        first = r["set"] not in seen
+        seen.add(r["set"])
         for label, k in (("as segmented", "before"), (None, "after")):
+            if label and not first:
+                continue
             s, c = r[k], r["control_" + k]
             ratio = "–" if label else f"{r['neck_ratio']:g}"
             cut_n = "–" if label else r["grains_cut"]
