@@ -219,9 +219,15 @@ def _split_tile(out: np.ndarray, core_lo, core_hi, first_new: int, counter: list
     cand = [g for g in grains[(counts >= 2) & (grains < first_new)].tolist() if g not in done]
     if not cand:
         return
-    objs = ndi.find_objects(ids)
-    for g in cand:
-        sl = objs[g - 1]
+    # bounding boxes of the candidates only (find_objects on the ids themselves would list every id up
+    # to the largest, millions in a big volume, for each tile)
+    cand_arr = np.asarray(cand, np.int64)
+    sel = np.isin(ids, cand_arr)
+    small = np.zeros(ids.shape, np.int32)
+    small[sel] = np.searchsorted(cand_arr, ids[sel]) + 1
+    objs = ndi.find_objects(small)
+    for i_cand, g in enumerate(cand):
+        sl = objs[i_cand]
         # the whole grain must lie inside the padded tile, _MARGIN voxels from a cut edge (the first
         # tile that holds it so cuts it; the cut depends only on the grain and its surroundings)
         ok = True
