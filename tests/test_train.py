@@ -203,10 +203,11 @@ def test_ctrl_c_finishes_the_step_and_writes_the_checkpoint(data_dir, tmp_path, 
 
     monkeypatch.setattr(tr, "ema_update", ema_then_signal)
     out = tmp_path / "m.pt"
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler; SIG_IGN in a background job (nohup ... &)
     meta = train(_opts(data_dir, out, steps=10, checkpoint_every=100, val_every=100))
     assert meta["stopped_by_signal"] == "SIGINT" and meta["steps"] == 3
     assert load_checkpoint(out)["step"] == 3
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # handlers restored
+    assert signal.getsignal(signal.SIGINT) is before   # handlers restored
     monkeypatch.setattr(tr, "ema_update", real)
     meta = train(_opts(data_dir, out, steps=10, checkpoint_every=100, val_every=100, resume=True))
     assert meta["steps"] == 10 and meta["stopped_by_signal"] is None
