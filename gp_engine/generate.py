@@ -255,10 +255,8 @@ AUTO_BITS_MIN_SIZE = 80
 def segmentation_kwargs(seg, levels: int | None = None, encoding_kind: str | None = None) -> dict:
     """The ``segment()`` keyword arguments for a plan's segmentation settings and a model's encoding
     (``auto`` resolved: levels for separable, dbscan for paper, dbscan + ``AUTO_BITS_MIN_SIZE`` for bits)."""
-    get = (seg.get if isinstance(seg, dict) else lambda k, d=None: getattr(seg, k, d)) \
-        if seg is not None else (lambda k, d=None: d)
-    kwargs = {k: get(k) for k in ("method", "eps", "min_samples", "value_scale", "min_size")
-              if get(k) is not None}
+    kwargs = {k: _seg_setting(seg, k, None) for k in ("method", "eps", "min_samples", "value_scale", "min_size")}
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if kwargs.get("method", "auto") == "auto":  # the model's encoding decides (README: defaults)
         if encoding_kind == "bits":
             kwargs["method"] = "dbscan"
