@@ -16,7 +16,8 @@ model folder or a trainer checkpoint, built on first use). Generated volumes are
 bench/out/conditional/ and reused (an interrupted one resumes); rows accumulate in
 bench/results/conditional.{json,md} (a row is replaced when the same model, setting and box are
 scored again; rows say whether grains were cut at thin necks, ``+necks``, the default since the eighth
-session) with the plot bench/plots/conditional_kl_vs_evaluations.png.
+session, and, since the ninth, the clusters DBSCAN refilled, ``min N``: the model's own
+``segmentation_defaults``, volumes painted under an older default are segmented again from their field) with the plot bench/plots/conditional_kl_vs_evaluations.png.
 
     python bench/conditional_vs_repaint.py --conditional checkpoints/gpu_conditional_mini.pt \\
         --settings fast cond25 cond50 cond100 --shape 100 100 100 --volumes 4
@@ -100,12 +101,15 @@ def spparks_seams(shape, corners) -> dict:
 
 def run_setting(setting: str, model: Path | None, shape, volumes: int, work: Path, batch: int, quiet: bool,
                 necks: bool = True) -> dict:
-    from gp_engine.generate import generate, plan_blocks
+    from gp_engine.generate import generate, model_min_size, plan_blocks, segment_field, segmentation_kwargs
+    from gp_engine.necks import split_necks
     from gp_engine.runtime import read_model
     from gp_engine.stats import summarize
     from gp_engine.volume_io import read_volume
 
     mdir, manifest = read_model(model)
+    enc = manifest.get("encoding") or {}
+    seg_now = segmentation_kwargs(None, enc.get("levels"), enc.get("kind"), model_min_size(manifest))
     sampler = sampler_for(setting)
     tag = f"{manifest['name']}_{setting}_{'x'.join(map(str, shape))}"
     grains, timings, seams = [], [], []
@@ -121,13 +125,19 @@ def run_setting(setting: str, model: Path | None, shape, volumes: int, work: Pat
             generate(plan, out_dir=out, resume=resume, force=not resume, progress=not quiet)
         st = json.loads((out / "stats.json").read_text())
         timings.append(st["timing"])
-        ids = np.load(out / "grains.npy")
-        if necks and "split_necks" not in st:  # kept from a run without the cut: the same step, here
-            from gp_engine.necks import split_necks
+        if st.get("segmentation") != seg_now:  # painted under an older segmentation default: segment again
+            from gp_engine.encoding import bits_display
 
-            ids = split_necks(ids, out=ids)
-        elif not necks and "split_necks" in st:
-            raise SystemExit(f"conditional_vs_repaint: {out} was cut at necks; move it away to score without")
+            raw = np.load(out / "field.npy")
+            ids = segment_field(bits_display(raw) if raw.ndim == 4 else raw, None, levels=enc.get("levels"),
+                                encoding_kind=enc.get("kind"), auto_min_size=model_min_size(manifest))
+            ids = split_necks(ids) if necks else ids
+        else:
+            ids = np.load(out / "grains.npy")
+            if necks and "split_necks" not in st:  # kept from a run without the cut: the same step, here
+                ids = split_necks(ids, out=ids)
+            elif not necks and "split_necks" in st:
+                raise SystemExit(f"conditional_vs_repaint: {out} was cut at necks; move it away to score without")
         grains.append(ids)
         seams.append(plane_report(ids, block_seams(corners, shape)))
         print(f"  {setting} seed {seed}: {st['timing'].get('voxels_per_min') or 0:,.0f} vox/min", flush=True)
@@ -136,7 +146,7 @@ def run_setting(setting: str, model: Path | None, shape, volumes: int, work: Pat
     small = grain_figures(grains)["share_voxels_small_grains"]
     vpm = [t["voxels_per_min"] for t in timings if t.get("voxels_per_min")]
     return {
-        "setting": setting, "split_necks": bool(necks), "sampler": sampler, "model": manifest["name"], "model_kind": manifest.get("model_kind", "unconditional"),
+        "setting": setting, "split_necks": bool(necks), "segmentation": seg_now, "sampler": sampler, "model": manifest["name"], "model_kind": manifest.get("model_kind", "unconditional"),
         "model_training": {k: (manifest.get("training") or {}).get(k) for k in ("steps", "samples_seen", "cpu_time_s", "init_from")},
         # what the runs really used (runs from before the x̂0 sharpening existed record no sampler: κ = 0)
         "sharpen_x0": (timings[0].get("sampler") or {}).get("sharpen_x0", 0.0),
@@ -148,6 +158,12 @@ def run_setting(setting: str, model: Path | None, shape, volumes: int, work: Pat
         "share_voxels_small_grains": small,
         "seams": {k: float(np.mean([s[k] for s in seams])) for k in seams[0]},
     }
+
+
+def _seg_label(seg: dict | None) -> str:
+    """`` min 20`` for a row segmented by DBSCAN with clusters under 20 voxels refilled (rows from before
+    the model named its own min_size: empty, which was 80 for analog bits)."""
+    return f" min {seg['min_size']}" if seg and seg.get("min_size") else ""
 
 
 def render_md(rows: list[dict], floor: dict | None) -> str:
@@ -170,7 +186,8 @@ def render_md(rows: list[dict], floor: dict | None) -> str:
         box = f"{r['volumes']}×{'x'.join(map(str, r['shape']))}"
         spp = (f"{sp['seam_boundary_density']:.3f} / {sp['interior_boundary_density']:.3f}" if sp else "–")
         lines.append(
-            f"| {r['model']} | {r['model_kind']} | {r['setting']}{' +necks' if r.get('split_necks') else ''} | "
+            f"| {r['model']} | {r['model_kind']} | {r['setting']}{' +necks' if r.get('split_necks') else ''}"
+            f"{_seg_label(r.get('segmentation'))} | "
             f"{r.get('sharpen_x0', 0.0):g} | "
             f"{r['evaluations_per_block']} | {box} | "
             f"{s['kl_volume']:.3f} | {s['kl_aspect']:.3f} | {s['kl_centroid']:.3f} | {s['grains']} | "
@@ -255,7 +272,8 @@ def main(argv=None) -> int:
         if not a.no_row:  # read the rows just before writing: another run may have added some meanwhile
             rows = json.loads(ROWS_JSON.read_text()) if ROWS_JSON.is_file() else []
             def key(r):
-                return r["model"], r["setting"], tuple(r["shape"]), r["volumes"], bool(r.get("split_necks"))
+                return (r["model"], r["setting"], tuple(r["shape"]), r["volumes"], bool(r.get("split_necks")),
+                        (r.get("segmentation") or {}).get("min_size"))
             rows = [r for r in rows if key(r) != key(row)] + [row]
             RESULTS.mkdir(parents=True, exist_ok=True)
             ROWS_JSON.write_text(json.dumps(rows, indent=1) + "\n")

@@ -38,7 +38,7 @@ def seam_report(ids: np.ndarray, n: tuple[int, int, int]) -> dict:
 
 def main(argv=None) -> int:
     from gp_engine.encoding import bits_display
-    from gp_engine.generate import generate, plan_blocks, segmentation_kwargs
+    from gp_engine.generate import generate, model_min_size, plan_blocks, segmentation_kwargs
     from gp_engine.grains import split_grains
     from gp_engine.runtime import read_model
     from gp_engine.segment import segment
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     n = (args.size,) * 3
     _, manifest = read_model(None)
     enc = manifest["encoding"]
-    seg = segmentation_kwargs({"method": "auto"}, enc.get("levels"), enc.get("kind"))
+    seg = segmentation_kwargs({"method": "auto"}, enc.get("levels"), enc.get("kind"), model_min_size(manifest))
     rows = {}
     for periodic in (True, False):
         out = ROOT / "bench" / "out" / f"periodic_seams_{'periodic' if periodic else 'plain'}"

@@ -262,7 +262,8 @@ def main(argv=None) -> int:
 
     # the x̂0 sharpening κ the runs use (the model's default): part of the cache key, since volumes
     # painted before it existed (κ = 0) must not be reused for a row that names today's sampler
-    kappa = model_sharpen(read_manifest(model_dir))
+    built = read_manifest(model_dir)
+    kappa = model_sharpen(built)
     for i in range(volumes):
         out = work / f"gen_{tag}_{a.preset_sampler}_k{kappa:g}_{'x'.join(map(str, shape))}_seed{i}"
         if not (out / "grains.npy").is_file():
@@ -276,21 +277,21 @@ def main(argv=None) -> int:
         # segment here with today's `auto` settings: a reused volume's grains.npy may come from an
         # older default, and the row must carry the segmentation it names
         from gp_engine.encoding import bits_display
-        from gp_engine.generate import segment_field
+        from gp_engine.generate import model_min_size, segment_field
 
         enc_ = ck.get("encoding") or {}
         f = np.asarray(fields[-1])
         grains.append(segment_field(bits_display(f) if f.ndim == 4 else f, None, levels=enc_.get("levels"),
-                                    encoding_kind=enc_.get("kind")))
+                                    encoding_kind=enc_.get("kind"), auto_min_size=model_min_size(built)))
 
     refs = [read_volume(q) for q in refs_paths]
     summary = summarize(grains, refs)
     enc = ck.get("encoding") or {}
     levels = enc.get("kind") in ("separable", "bits")
     lvl = [field_level_distance(f, enc) for f in fields]
-    from gp_engine.generate import segmentation_kwargs
+    from gp_engine.generate import model_min_size, segmentation_kwargs
 
-    sk = segmentation_kwargs(None, enc.get("levels"), enc.get("kind"))
+    sk = segmentation_kwargs(None, enc.get("levels"), enc.get("kind"), model_min_size(built))
     seg_name = f"{sk['method']}/{sk.get('min_size') or (5 if sk['method'] == 'levels' else 1)}"
     obj = ck.get("objective") or {}
     config = {"name": a.config, "target": ck.get("prediction", "eps"), "weighting": obj.get("weighting", "uniform"),

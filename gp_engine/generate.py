@@ -246,21 +246,39 @@ def built_model_for(model, out_dir: Path, batch_size: int = 1, progress: bool = 
 IN_RAM_VOXELS = 256 ** 3
 
 
-#: ``auto`` segmentation of an analog-bits model: DBSCAN on the decoded codes, clusters under this
-#: many voxels refilled (bench/results/segmentation_compare.md: the best grain statistics on the fields
-#: of the CPU-trained bits models, whose boundaries are speckled).
+#: ``auto`` segmentation of an analog-bits model whose manifest names no ``segmentation_defaults``
+#: (built before they existed): DBSCAN on the decoded codes, clusters under this many voxels refilled
+#: (bench/results/segmentation_compare.md: the best grain statistics on the fields of the early
+#: CPU-trained bits models, whose boundaries were speckled).
 AUTO_BITS_MIN_SIZE = 80
+#: what ``gp-engine build`` writes into an analog-bits model's ``segmentation_defaults.min_size``
+#: (bench/results/segmentation_compare.md, v6 on four 100³: clusters under 20 voxels refilled give KL
+#: 0.015 / 0.385 / 0.073 and median 368 against 0.049 / 0.412 / 0.041 and 476 with 80)
+BUILD_BITS_MIN_SIZE = 20
 
 
-def segmentation_kwargs(seg, levels: int | None = None, encoding_kind: str | None = None) -> dict:
+def model_min_size(manifest: dict) -> int | None:
+    """The ``min_size`` that ``auto`` segmentation uses for this model: its manifest's
+    ``segmentation_defaults.min_size``, or (older manifests) ``AUTO_BITS_MIN_SIZE`` for analog bits and
+    None (the method's own default) for other encodings."""
+    value = (manifest.get("segmentation_defaults") or {}).get("min_size")
+    if value is not None:
+        return int(value)
+    return AUTO_BITS_MIN_SIZE if (manifest.get("encoding") or {}).get("kind") == "bits" else None
+
+
+def segmentation_kwargs(seg, levels: int | None = None, encoding_kind: str | None = None,
+                        auto_min_size: int | None = None) -> dict:
     """The ``segment()`` keyword arguments for a plan's segmentation settings and a model's encoding
-    (``auto`` resolved: levels for separable, dbscan for paper, dbscan + ``AUTO_BITS_MIN_SIZE`` for bits)."""
+    (``auto`` resolved: levels for separable, dbscan for paper, dbscan for bits with clusters under
+    ``auto_min_size`` voxels refilled: the model's :func:`model_min_size`, ``AUTO_BITS_MIN_SIZE`` if not
+    given). A plan's ``min_size`` wins over the model's."""
     kwargs = {k: _seg_setting(seg, k, None) for k in ("method", "eps", "min_samples", "value_scale", "min_size")}
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if kwargs.get("method", "auto") == "auto":  # the model's encoding decides (README: defaults)
         if encoding_kind == "bits":
             kwargs["method"] = "dbscan"
-            kwargs.setdefault("min_size", AUTO_BITS_MIN_SIZE)
+            kwargs.setdefault("min_size", AUTO_BITS_MIN_SIZE if auto_min_size is None else int(auto_min_size))
         else:
             kwargs["method"] = "levels" if levels else "dbscan"
     if kwargs.get("method") == "levels" and levels:
@@ -279,12 +297,13 @@ def _seg_setting(seg, key: str, default):
 def segment_field(field: np.ndarray, seg, out_dir: Path | None = None,
                   progress: bool = False, levels: int | None = None,
                   encoding_kind: str | None = None, canvas_dir: Path | None = None,
-                  periodic=None) -> np.ndarray:
+                  periodic=None, auto_min_size: int | None = None) -> np.ndarray:
     """Segment the float field into grain ids with the plan's segmentation settings.
 
     ``levels``: the model's encoding levels (used by ``method="levels"``, which snaps to them);
-    ``encoding_kind`` decides ``auto`` (levels for separable, dbscan for paper, dbscan with
-    ``AUTO_BITS_MIN_SIZE`` for bits, whose field here is the decoded code on 2^B levels).
+    ``encoding_kind`` decides ``auto`` (levels for separable, dbscan for paper, dbscan with clusters
+    under ``auto_min_size`` voxels refilled for bits, whose field here is the decoded code on 2^B levels;
+    :func:`segmentation_kwargs`).
 
     Large fields (memmaps over ``IN_RAM_VOXELS``) are segmented tile by tile into a memmap in
     ``canvas_dir`` (default ``out_dir/canvas/``) so memory stays bounded. ``periodic`` axes wrap
@@ -292,7 +311,7 @@ def segment_field(field: np.ndarray, seg, out_dir: Path | None = None,
     """
     from .segment import segment
 
-    kwargs = segmentation_kwargs(seg, levels, encoding_kind)
+    kwargs = segmentation_kwargs(seg, levels, encoding_kind, auto_min_size)
     if periodic is not None and any(periodic):  # a grain crossing a face is one grain (in RAM)
         from .grains import label_periodic
 
@@ -515,8 +534,10 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
             from .encoding import bits_display
 
             field = bits_display(raw)
-        grain_ids = segment_field(field, getattr(plan, "segmentation", None), canvas.dir.parent, progress,
-                                  enc.get("levels"), enc.get("kind"), canvas_dir=canvas.dir, periodic=periodic)
+        seg_plan = getattr(plan, "segmentation", None)
+        grain_ids = segment_field(field, seg_plan, canvas.dir.parent, progress,
+                                  enc.get("levels"), enc.get("kind"), canvas_dir=canvas.dir, periodic=periodic,
+                                  auto_min_size=model_min_size(manifest))
         inside = None
         if mask is not None:  # grain id 0 outside the part; grains split where the surface cuts them
             from .grains import split_grains
@@ -524,7 +545,7 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
             inside = np.ascontiguousarray(mask[:shape[0], :shape[1], :shape[2]])
             grain_ids = split_grains(grain_ids, mask=inside)
         necks = None
-        if _seg_setting(getattr(plan, "segmentation", None), "split_necks", True):
+        if _seg_setting(seg_plan, "split_necks", True):
             from .necks import split_necks
 
             necks = {}
@@ -534,6 +555,9 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
         # outputs first (into staging, then swapped in), statistics after
         stats = {"summary": None, "status": "statistics pending", "timing": timing,
                  "plan_hash": meta["plan_hash"], "seed": seed, "shape": list(shape), "model": str(model_dir)}
+        # the segmentation as resolved for this model (auto -> method and min_size)
+        stats["segmentation"] = segmentation_kwargs(seg_plan, enc.get("levels"), enc.get("kind"),
+                                                    model_min_size(manifest))
         if necks is not None:
             stats["split_necks"] = necks
         if inside is not None:

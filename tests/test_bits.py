@@ -1,6 +1,7 @@
 """Analog-bits encoding end to end: encode/decode, segmentation of a perfect bits field, a bits model
 through train -> build (ONNX with B input channels) -> multi-channel canvas -> generate -> grains."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -81,5 +82,11 @@ def test_bits_model_trains_builds_and_generates(tmp_path):
     field = np.load(tmp_path / "out" / "field.npy")
     grains = np.load(tmp_path / "out" / "grains.npy")
     assert field.shape == (3, 40, 36, 32) and grains.shape == (40, 36, 32) and grains.min() >= 1
-    # auto segmentation of a bits model: DBSCAN on the decoded code, clusters under 80 voxels refilled
-    assert np.array_equal(grains, segment(bits_display(field), "dbscan", min_size=80))
+    # auto segmentation of a bits model: DBSCAN on the decoded code, clusters under the model's min_size
+    # (a new build: 20 voxels) refilled; then the cut at thin necks
+    assert m["segmentation_defaults"] == {"min_size": 20}
+    from gp_engine.necks import split_necks
+
+    assert np.array_equal(grains, split_necks(segment(bits_display(field), "dbscan", min_size=20)))
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["segmentation"]["method"] == "dbscan" and stats["segmentation"]["min_size"] == 20

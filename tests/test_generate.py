@@ -242,6 +242,13 @@ def test_auto_segmentation_follows_the_model_encoding():
     auto_bits = segment_field(disp, {"method": "auto"}, levels=8, encoding_kind="bits")
     np.testing.assert_array_equal(auto_bits, segment(disp, method="dbscan", min_size=80))
     assert not np.array_equal(auto_bits, segment(disp, method="dbscan"))
+    # a model that names its own min_size (manifest segmentation_defaults): the 27-voxel grain stays
+    own = segment_field(disp, {"method": "auto"}, levels=8, encoding_kind="bits", auto_min_size=20)
+    np.testing.assert_array_equal(own, segment(disp, method="dbscan", min_size=20))
+    assert len(np.unique(own)) == len(np.unique(auto_bits)) + 1
+    # and a plan's min_size wins over the model's
+    planned = segment_field(disp, {"method": "auto", "min_size": 80}, levels=8, encoding_kind="bits", auto_min_size=20)
+    np.testing.assert_array_equal(planned, auto_bits)
 
 
 def test_shipped_model_same_voxels_for_any_batch_size_and_thread_count(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""The model's own sampler defaults: the x̂0 sharpening κ a plan gets when it names none."""
+"""The model's own defaults: the x̂0 sharpening κ and the segmentation min_size a plan gets when it names none."""
 
 import json
 
@@ -43,6 +43,29 @@ def test_manifest_rejects_a_bad_sampler_default():
         validate_manifest({**m, "sampler_defaults": [4]})
 
 
+def test_model_min_size_follows_the_manifest():
+    from gp_engine.generate import AUTO_BITS_MIN_SIZE, model_min_size
+
+    old = {"encoding": {"kind": "bits", "bits": 4, "levels": 16}}  # built before segmentation_defaults
+    assert AUTO_BITS_MIN_SIZE == 80 and model_min_size(old) == 80
+    assert model_min_size({**old, "segmentation_defaults": {"min_size": 7}}) == 7
+    assert model_min_size({**old, "segmentation_defaults": {"min_size": None}}) == 80
+    assert model_min_size({"encoding": {"kind": "separable", "levels": 10}}) is None  # levels' own default
+
+
+def test_manifest_rejects_a_bad_segmentation_default():
+    from gp_engine.export.manifest import read_manifest, validate_manifest
+
+    m = read_manifest(None)  # the shipped default names its own
+    assert m["segmentation_defaults"] == {"min_size": 20}
+    validate_manifest({**m, "segmentation_defaults": {"min_size": 1}})
+    for bad in (0, -3, "20", True, 2.5, [20]):
+        with pytest.raises(GPEngineError, match=r"segmentation_defaults\.min_size"):
+            validate_manifest({**m, "segmentation_defaults": {"min_size": bad}})
+    with pytest.raises(GPEngineError, match=r"segmentation_defaults"):
+        validate_manifest({**m, "segmentation_defaults": 20})
+
+
 @pytest.fixture(scope="module")
 def ext_run(tmp_path_factory):
     """A tiny T = 250 bits parent and its child on the schedule extended to T = 500."""
@@ -57,7 +80,8 @@ def _generate(model, out):
     plan = {"version": 1, "geometry": {"shape": [36, 36, 36]}, "model": str(model), "batch_size": 2,
             "sampler": {"preset": "fast", "steps": 3}, "outputs": {"dir": str(out), "formats": ["npy"]}}
     generate(plan, progress=False)
-    return json.loads((out / "stats.json").read_text())["timing"]["sampler"]["sharpen_x0"]
+    stats = json.loads((out / "stats.json").read_text())
+    return stats["timing"]["sampler"]["sharpen_x0"]
 
 
 def test_build_writes_the_models_sharpening_and_generate_uses_it(ext_run, tmp_path):
@@ -76,3 +100,18 @@ def test_build_writes_the_models_sharpening_and_generate_uses_it(ext_run, tmp_pa
     with pytest.raises(GPEngineError, match="--sharpen-x0"):
         build_model(d / "ext.pt", tmp_path / "ext3", batch_sizes=[2], log=quiet, sharpen_x0=-1)
     assert not (tmp_path / "ext3").exists()
+
+
+def test_build_writes_the_models_min_size_and_generate_uses_it(ext_run, tmp_path):
+    from gp_engine.export import build_model
+
+    d, quiet = ext_run, (lambda *a: None)
+    own = build_model(d / "ext.pt", tmp_path / "own", batch_sizes=[2], log=quiet)
+    assert own["segmentation_defaults"] == {"min_size": 20}
+    chosen = build_model(d / "ext.pt", tmp_path / "m5", batch_sizes=[2], log=quiet, min_size=5)
+    assert chosen["segmentation_defaults"] == {"min_size": 5}
+    _generate(tmp_path / "m5", tmp_path / "o5")
+    assert json.loads((tmp_path / "o5" / "stats.json").read_text())["segmentation"]["min_size"] == 5
+    with pytest.raises(GPEngineError, match="--min-size"):
+        build_model(d / "ext.pt", tmp_path / "m0", batch_sizes=[2], log=quiet, min_size=0)
+    assert not (tmp_path / "m0").exists()

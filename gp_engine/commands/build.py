@@ -44,6 +44,9 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--sharpen-x0", type=float, default=None, metavar="K",
                    help="the x̂0 sharpening κ plans get unless they name one (default: 4 for analog bits on "
                         "a schedule whose top is not noise, else 0)")
+    p.add_argument("--min-size", type=int, default=None, metavar="N",
+                   help="analog-bits models: `auto` segmentation refills clusters under N voxels unless a plan "
+                        "names segmentation.min_size (default 20)")
     p.add_argument("--force", action="store_true",
                    help="replace a model already in --out (the new files are written first; the "
                         "checkpoint being built is never overwritten)")
@@ -56,6 +59,7 @@ def run(args) -> int:
     m = build_model(args.checkpoint, args.out, batch_sizes=args.batch_sizes, precision=args.precision,
                     tensorrt=args.tensorrt, dynamic_batch=args.dynamic_batch, opset=args.opset,
                     weights=args.weights, name=args.name, placeholder=args.placeholder, exporter=args.exporter,
-                    force=args.force, sharpen_x0=args.sharpen_x0)
+                    force=args.force, sharpen_x0=args.sharpen_x0,
+                    min_size=args.min_size)
     print(f"built {m['name']} in {args.out}")
     return 0

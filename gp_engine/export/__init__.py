@@ -73,13 +73,15 @@ def build_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, batch
                 precision: str = "fp32", tensorrt: bool = False, dynamic_batch: bool = True,
                 opset: int | None = None, weights: str = "ema", name: str | None = None,
                 placeholder: bool | None = None, exporter: str = "legacy", log=print,
-                force: bool = False, sharpen_x0: float | None = None) -> dict:
+                force: bool = False, sharpen_x0: float | None = None, min_size: int | None = None) -> dict:
     """Write out_dir/{model.onnx, manifest.json, model.pt, loss_curve.png[, model_b*.plan]}; return the manifest.
 
     The ONNX graph is checked against the torch model on random inputs (relative error recorded in the
     manifest's ``verification``); ``placeholder`` defaults to the checkpoint's training metadata;
     ``sharpen_x0`` (the sampler's x̂0 sharpening κ when a plan names none) defaults to
-    :func:`gp_engine.generate.default_sharpen` of the checkpoint's encoding and schedule.
+    :func:`gp_engine.generate.default_sharpen` of the checkpoint's encoding and schedule; ``min_size``
+    (the clusters ``auto`` segmentation refills, analog-bits models only) to
+    ``gp_engine.generate.BUILD_BITS_MIN_SIZE``.
 
     Overwriting: a folder that already holds any of those files is refused unless ``force``; the
     checkpoint being built is never overwritten (refused even with ``force``). The new files are built
@@ -105,6 +107,8 @@ def build_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, batch
                             "value or use --dynamic-batch")
     if sharpen_x0 is not None and not 0.0 <= float(sharpen_x0) <= 100.0:
         raise GPEngineError(f"--sharpen-x0 {sharpen_x0:g} is out of range; give a number from 0 (off) to 100")
+    if min_size is not None and (int(min_size) != min_size or min_size < 1):
+        raise GPEngineError(f"--min-size {min_size} is not a positive whole number of voxels; give e.g. --min-size 20")
     out = Path(out_dir)
     existing = _check_out_dir(Path(checkpoint), out, batch_sizes, force)
     model, ckpt = load_model(checkpoint, "cpu", weights=weights)
@@ -115,7 +119,7 @@ def build_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, batch
         manifest = _build_into(staging, out, model, ckpt, str(torch.__version__), batch_sizes=batch_sizes,
                                precision=precision, tensorrt=tensorrt, dynamic_batch=dynamic_batch,
                                opset=opset, weights=weights, name=name, placeholder=placeholder,
-                               exporter=exporter, log=log, sharpen_x0=sharpen_x0)
+                               exporter=exporter, log=log, sharpen_x0=sharpen_x0, min_size=min_size)
         _install(staging, out, existing)
         staging.rmdir()
     except BaseException:
@@ -131,7 +135,7 @@ def build_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, batch
 def _build_into(staging: Path, out: Path, model, ckpt: dict, torch_version: str, *, batch_sizes: list[int],
                 precision: str, tensorrt: bool, dynamic_batch: bool, opset: int | None, weights: str,
                 name: str | None, placeholder: bool | None, exporter: str, log,
-                sharpen_x0: float | None = None) -> dict:
+                sharpen_x0: float | None = None, min_size: int | None = None) -> dict:
     """Write every file of the built model into ``staging`` (messages name their final place in ``out``)."""
     from ..checkpoint import export_copy, save_checkpoint
     from ..errors import GPEngineError
@@ -174,7 +178,7 @@ def _build_into(staging: Path, out: Path, model, ckpt: dict, torch_version: str,
     preset = ckpt["config"].get("preset") or "custom"
     target = ckpt.get("prediction", "eps")
     from ..conditional import model_kind
-    from ..generate import default_sharpen
+    from ..generate import BUILD_BITS_MIN_SIZE, default_sharpen
 
     kind = model_kind(ckpt["config"])
     if sharpen_x0 is None:
@@ -196,6 +200,9 @@ def _build_into(staging: Path, out: Path, model, ckpt: dict, torch_version: str,
                      **({"colouring": enc["colouring"]} if enc.get("colouring") else {})},
         # what a plan that names no sampler setting gets for this model (generate.model_sharpen)
         "sampler_defaults": {"sharpen_x0": float(sharpen_x0)},
+        # what `auto` segmentation refills for this model (generate.model_min_size; analog bits only)
+        **({"segmentation_defaults": {"min_size": int(BUILD_BITS_MIN_SIZE if min_size is None else min_size)}}
+           if enc["kind"] == "bits" else {}),
         "onnx": onnx_info, "batch_sizes": batch_sizes, "precision": precision,
         "tensorrt": trt_info, "checkpoint": "model.pt", "checkpoint_sha256": sha256_file(staging / "model.pt"),
         "weights": weights,

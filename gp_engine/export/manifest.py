@@ -30,6 +30,9 @@ manifest.json keys (format_version 1)::
     unet            the U-Net config dict (informational)
     sampler_defaults  {"sharpen_x0": κ}: the x̂0 sharpening a plan gets unless it names one (absent in
                     older manifests: derived from encoding and schedule, generate.model_sharpen)
+    segmentation_defaults  {"min_size": N}: analog-bits models only; the clusters under N voxels that
+                    ``auto`` segmentation refills unless a plan names ``segmentation.min_size`` (absent in
+                    older manifests: 80, generate.model_min_size)
     training        {"train_files", "val_files", "steps", "samples_seen", "wall_time_s", "device",
                      "final_train_loss", "final_val_loss", ...}
     placeholder     bool: true for a CPU-trained stand-in model
@@ -153,6 +156,11 @@ def validate_manifest(m: dict, where: str = "manifest") -> dict:
                                              or not 0.0 <= float(k) <= 100.0):
         raise GPEngineError(f"{where}: sampler_defaults.sharpen_x0 {k!r} must be a number from 0 to 100; "
                             "rebuild the model with 'gp-engine build --sharpen-x0 K'")
+    sg = m.get("segmentation_defaults")
+    ms = (sg or {}).get("min_size") if isinstance(sg, dict) else "not an object"
+    if sg is not None and ms is not None and (isinstance(ms, bool) or not isinstance(ms, int) or ms < 1):
+        raise GPEngineError(f"{where}: segmentation_defaults.min_size {ms!r} must be a whole number ≥ 1 of voxels; "
+                            "rebuild the model with 'gp-engine build --min-size N'")
     trt = m.get("tensorrt")
     if trt is not None and not (isinstance(trt, dict) and isinstance(trt.get("plans"), dict)):
         raise GPEngineError(f"{where}: tensorrt must be null or {{'plans': {{'<B>': file}}}}")
