@@ -42,7 +42,7 @@ SAMPLER_PRESETS: dict[str, dict[str, float]] = {
 PLAN_KINDS = ("grid", "center")
 BACKENDS = ("auto", "tensorrt", "torch-cuda", "onnxruntime")
 #: ``auto``: ``levels`` for a model with the grain-separable encoding, ``dbscan`` for the paper's and
-#: (with clusters under 80 voxels refilled) for analog bits.
+#: (with clusters under the model's segmentation_defaults.min_size refilled, 80 for older models) for analog bits.
 SEGMENTATION_METHODS = ("auto", "dbscan", "levels")
 OUTPUT_FORMATS = ("npy", "vti", "spparks", "png", "field", "dream3d", "damask", "abaqus", "orientations")
 #: units a plan may give the voxel size in (every export states them)
@@ -137,7 +137,7 @@ class SegmentationConfig:
     eps: float
     min_samples: int
     value_scale: float
-    min_size: int | None = None   # None: the method's default (levels 5, dbscan 1; auto for bits: 80)
+    min_size: int | None = None   # None: the method's default (levels 5, dbscan 1; auto for bits: the model's, generate.model_min_size)
     split_necks: bool = True      # cut grains at thin necks afterwards (gp_engine.necks)
 
 
