@@ -125,7 +125,8 @@ def run_setting(setting: str, model: Path | None, shape, volumes: int, work: Pat
             generate(plan, out_dir=out, resume=resume, force=not resume, progress=not quiet)
         st = json.loads((out / "stats.json").read_text())
         timings.append(st["timing"])
-        if st.get("segmentation") != seg_now:  # painted under an older segmentation default: segment again
+        used = {k: (st.get("segmentation") or {}).get(k) for k in ("method", "min_size")}
+        if used != {k: seg_now.get(k) for k in ("method", "min_size")}:  # an older default: segment again
             from gp_engine.encoding import bits_display
 
             raw = np.load(out / "field.npy")

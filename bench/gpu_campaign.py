@@ -89,6 +89,7 @@ class Lineage:
     extend_schedule: int | None = None  # a new lineage without a seed starts from ``parent`` with its
     #                                    linear β ramp continued to this T (gp-engine train --extend-schedule)
     sampler: str = "fast"      # preset of its quality stage
+    min_size: int | None = None  # its build's segmentation_defaults.min_size (None: the build's default)
 
     def source(self, checkpoints: Path) -> Path | None:
         for name in (self.checkpoint, self.seed):
@@ -107,7 +108,7 @@ LINEAGES = {
     # the schedule continued to T = 500, so that a walk's first step is pure noise (docs/model.md); the
     # first time from its CPU lineage, else (restored from history) the mini3 lineage extended
     "ext500": Lineage("ext500", "gpu_mini3_ext500.pt", "mini3_ext500_cpu.pt", "mini3",
-                      parent="mini3_minsnr_cpu.pt", extend_schedule=500),
+                      parent="mini3_minsnr_cpu.pt", extend_schedule=500, min_size=20),  # v6's (docs/model.md)
     "conditional_ext500": Lineage("conditional_ext500", "gpu_conditional_ext500.pt", "conditional_ext500_cpu.pt",
                                   "mini3", conditional=True, lr=5e-4, parent="gpu_mini3_ext500.pt",
                                   sampler="conditional"),
@@ -394,10 +395,12 @@ def main(argv=None) -> int:
             if not ckpt.is_file():
                 built[n] = {"status": "failed", "error": f"{ckpt} was not written (training failed)"}
                 continue
-            m = build_model(ckpt, model_dir(n), batch_sizes=[1, 8, 64], log=lambda *x: None)
+            m = build_model(ckpt, model_dir(n), batch_sizes=[1, 8, 64], log=lambda *x: None,
+                            min_size=LINEAGES[n].min_size)
             built[n] = {"name": m["name"], "model_kind": m.get("model_kind"), "target": m.get("target"),
                         "encoding": m["encoding"], "verification": m["verification"],
-                        "schedule": m["schedule"], "sampler_defaults": m.get("sampler_defaults")}
+                        "schedule": m["schedule"], "sampler_defaults": m.get("sampler_defaults"),
+                        "segmentation_defaults": m.get("segmentation_defaults")}
         if not any("name" in b for b in built.values()):
             raise RuntimeError("no lineage could be built")
         return built

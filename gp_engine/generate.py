@@ -246,15 +246,14 @@ def built_model_for(model, out_dir: Path, batch_size: int = 1, progress: bool = 
 IN_RAM_VOXELS = 256 ** 3
 
 
-#: ``auto`` segmentation of an analog-bits model whose manifest names no ``segmentation_defaults``
-#: (built before they existed): DBSCAN on the decoded codes, clusters under this many voxels refilled
-#: (bench/results/segmentation_compare.md: the best grain statistics on the fields of the early
-#: CPU-trained bits models, whose boundaries were speckled).
+#: ``auto`` segmentation of an analog-bits model: DBSCAN on the decoded codes, clusters under this many
+#: voxels refilled unless the model's manifest names its own (``segmentation_defaults.min_size``,
+#: ``gp-engine build --min-size``; what a build writes when not told). Chosen on the early CPU-trained
+#: bits models, whose boundaries were speckled (bench/results/segmentation_compare.md); cleaner models
+#: do better with less: the shipped v6 names 20 (four 100³: KL 0.015 / 0.385 / 0.073, median 368,
+#: against 0.049 / 0.412 / 0.041, median 476 with 80), while the conditional T = 500 twin's speckled
+#: fields want 80 (docs/model.md, ninth session).
 AUTO_BITS_MIN_SIZE = 80
-#: what ``gp-engine build`` writes into an analog-bits model's ``segmentation_defaults.min_size``
-#: (bench/results/segmentation_compare.md, v6 on four 100³: clusters under 20 voxels refilled give KL
-#: 0.015 / 0.385 / 0.073 and median 368 against 0.049 / 0.412 / 0.041 and 476 with 80)
-BUILD_BITS_MIN_SIZE = 20
 
 
 def model_min_size(manifest: dict) -> int | None:

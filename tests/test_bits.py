@@ -83,10 +83,10 @@ def test_bits_model_trains_builds_and_generates(tmp_path):
     grains = np.load(tmp_path / "out" / "grains.npy")
     assert field.shape == (3, 40, 36, 32) and grains.shape == (40, 36, 32) and grains.min() >= 1
     # auto segmentation of a bits model: DBSCAN on the decoded code, clusters under the model's min_size
-    # (a new build: 20 voxels) refilled; then the cut at thin necks
-    assert m["segmentation_defaults"] == {"min_size": 20}
+    # (a build not told otherwise: 80 voxels) refilled; then the cut at thin necks
+    assert m["segmentation_defaults"] == {"min_size": 80}
     from gp_engine.necks import split_necks
 
-    assert np.array_equal(grains, split_necks(segment(bits_display(field), "dbscan", min_size=20)))
+    assert np.array_equal(grains, split_necks(segment(bits_display(field), "dbscan", min_size=80)))
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
-    assert stats["segmentation"]["method"] == "dbscan" and stats["segmentation"]["min_size"] == 20
+    assert stats["segmentation"]["method"] == "dbscan" and stats["segmentation"]["min_size"] == 80

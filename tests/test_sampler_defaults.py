@@ -107,7 +107,7 @@ def test_build_writes_the_models_min_size_and_generate_uses_it(ext_run, tmp_path
 
     d, quiet = ext_run, (lambda *a: None)
     own = build_model(d / "ext.pt", tmp_path / "own", batch_sizes=[2], log=quiet)
-    assert own["segmentation_defaults"] == {"min_size": 20}
+    assert own["segmentation_defaults"] == {"min_size": 80}  # not told: the conservative default
     chosen = build_model(d / "ext.pt", tmp_path / "m5", batch_sizes=[2], log=quiet, min_size=5)
     assert chosen["segmentation_defaults"] == {"min_size": 5}
     _generate(tmp_path / "m5", tmp_path / "o5")

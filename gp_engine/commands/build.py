@@ -46,7 +46,8 @@ def register(sub) -> argparse.ArgumentParser:
                         "a schedule whose top is not noise, else 0)")
     p.add_argument("--min-size", type=int, default=None, metavar="N",
                    help="analog-bits models: `auto` segmentation refills clusters under N voxels unless a plan "
-                        "names segmentation.min_size (default 20)")
+                        "names segmentation.min_size (default 80; the shipped v6 uses 20: "
+                        "pick it with bench/segmentation_compare.py on the model's fields)")
     p.add_argument("--force", action="store_true",
                    help="replace a model already in --out (the new files are written first; the "
                         "checkpoint being built is never overwritten)")

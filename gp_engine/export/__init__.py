@@ -80,8 +80,8 @@ def build_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, batch
     manifest's ``verification``); ``placeholder`` defaults to the checkpoint's training metadata;
     ``sharpen_x0`` (the sampler's x̂0 sharpening κ when a plan names none) defaults to
     :func:`gp_engine.generate.default_sharpen` of the checkpoint's encoding and schedule; ``min_size``
-    (the clusters ``auto`` segmentation refills, analog-bits models only) to
-    ``gp_engine.generate.BUILD_BITS_MIN_SIZE``.
+    (the clusters ``auto`` segmentation refills, analog-bits models only; choose it with
+    bench/segmentation_compare.py on the model's fields) to ``gp_engine.generate.AUTO_BITS_MIN_SIZE``.
 
     Overwriting: a folder that already holds any of those files is refused unless ``force``; the
     checkpoint being built is never overwritten (refused even with ``force``). The new files are built
@@ -178,7 +178,7 @@ def _build_into(staging: Path, out: Path, model, ckpt: dict, torch_version: str,
     preset = ckpt["config"].get("preset") or "custom"
     target = ckpt.get("prediction", "eps")
     from ..conditional import model_kind
-    from ..generate import BUILD_BITS_MIN_SIZE, default_sharpen
+    from ..generate import AUTO_BITS_MIN_SIZE, default_sharpen
 
     kind = model_kind(ckpt["config"])
     if sharpen_x0 is None:
@@ -201,7 +201,7 @@ def _build_into(staging: Path, out: Path, model, ckpt: dict, torch_version: str,
         # what a plan that names no sampler setting gets for this model (generate.model_sharpen)
         "sampler_defaults": {"sharpen_x0": float(sharpen_x0)},
         # what `auto` segmentation refills for this model (generate.model_min_size; analog bits only)
-        **({"segmentation_defaults": {"min_size": int(BUILD_BITS_MIN_SIZE if min_size is None else min_size)}}
+        **({"segmentation_defaults": {"min_size": int(AUTO_BITS_MIN_SIZE if min_size is None else min_size)}}
            if enc["kind"] == "bits" else {}),
         "onnx": onnx_info, "batch_sizes": batch_sizes, "precision": precision,
         "tensorrt": trt_info, "checkpoint": "model.pt", "checkpoint_sha256": sha256_file(staging / "model.pt"),
