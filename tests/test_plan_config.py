@@ -51,6 +51,20 @@ def test_paper_preset_is_the_paper():
     assert fast["steps"] < 250 and fast["resample"] < 10
 
 
+def test_balanced_preset_costs_twice_fast():
+    from gp_engine.planner import evaluations_per_block
+
+    plan = load_plan(_with(sampler={"preset": "balanced"}))
+    s = plan.sampler
+    assert (s.preset, s.steps, s.resample, s.jump, s.tail) == ("balanced", 100, 2, 1, 10)
+    # RePaint's count written out: every step once, plus r repeats at each jump point 10, 11, ..., 98
+    assert evaluations_per_block(s.steps, s.resample, s.jump, s.tail) == 100 + 2 * len(range(10, 99)) == 278
+    fast = load_plan(_with(sampler={"preset": "fast"})).sampler
+    assert evaluations_per_block(fast.steps, fast.resample, fast.jump, fast.tail) == 50 + 2 * len(range(5, 49)) == 138
+    # a plan that overrides the steps keeps balanced's tail fraction (10 of 100 -> 20 of 200)
+    assert load_plan(_with(sampler={"preset": "balanced", "steps": 200})).sampler.tail == 20
+
+
 def test_sampler_overrides_and_tail_scaling():
     plan = load_plan(_with(sampler={"preset": "fast", "resample": 4, "no_resample_tail": 7}))
     assert (plan.sampler.steps, plan.sampler.resample, plan.sampler.tail) == (50, 4, 7)
