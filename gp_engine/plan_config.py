@@ -37,7 +37,8 @@ SAMPLER_PRESETS: dict[str, dict[str, float]] = {
     "paper": {"steps": 250, "resample": 10, "jump": 1, "tail": 25, "eta": 1.0},
     "fast": {"steps": 50, "resample": 2, "jump": 1, "tail": 5, "eta": 1.0},
     # twice fast's steps at the same r: on v6's eight 48³ KL 0.012 / 0.331 / 0.072 against fast's
-    # 0.021 / 0.420 / 0.097 for 2× the evaluations (docs/model.md, ninth session)
+    # 0.021 / 0.420 / 0.097 for 2× the evaluations; one 100³: 0.043 / 0.372 / 0.063 against
+    # 0.034 / 0.399 / 0.072 (docs/model.md, ninth session)
     "balanced": {"steps": 100, "resample": 2, "jump": 1, "tail": 10, "eta": 1.0},
     "conditional": {"steps": 50, "resample": 0, "jump": 1, "tail": 0, "eta": 1.0},
 }
