@@ -533,10 +533,10 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
             from .encoding import bits_display
 
             field = bits_display(raw)
-        seg_plan = getattr(plan, "segmentation", None)
+        seg_plan, auto_min_size = getattr(plan, "segmentation", None), model_min_size(manifest)
         grain_ids = segment_field(field, seg_plan, canvas.dir.parent, progress,
                                   enc.get("levels"), enc.get("kind"), canvas_dir=canvas.dir, periodic=periodic,
-                                  auto_min_size=model_min_size(manifest))
+                                  auto_min_size=auto_min_size)
         inside = None
         if mask is not None:  # grain id 0 outside the part; grains split where the surface cuts them
             from .grains import split_grains
@@ -555,8 +555,7 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
         stats = {"summary": None, "status": "statistics pending", "timing": timing,
                  "plan_hash": meta["plan_hash"], "seed": seed, "shape": list(shape), "model": str(model_dir)}
         # the segmentation as resolved for this model (auto -> method and min_size)
-        stats["segmentation"] = segmentation_kwargs(seg_plan, enc.get("levels"), enc.get("kind"),
-                                                    model_min_size(manifest))
+        stats["segmentation"] = segmentation_kwargs(seg_plan, enc.get("levels"), enc.get("kind"), auto_min_size)
         if necks is not None:
             stats["split_necks"] = necks
         if inside is not None:
