@@ -150,6 +150,40 @@ def test_bad_options_raise(data_dir, tmp_path):
         train(_opts(data_dir, tmp_path / "x.pt", precision="fp16"))
 
 
+def test_auto_precision_on_cpu_is_bf16_only_with_matrix_units(monkeypatch):
+    import gp_engine.train as tr
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(tr, "cpu_has_bf16_matrix_units", lambda: True)
+    assert tr.pick_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(tr, "cpu_has_bf16_matrix_units", lambda: False)
+    assert tr.pick_precision("auto", cpu) == "fp32"
+    assert tr.pick_precision("bf16", cpu) == "bf16"  # asked for: honoured on any CPU
+
+
+def test_bf16_training_validates_in_fp32(data_dir, tmp_path, monkeypatch):
+    """Training steps run under bf16 autocast, the validation loss in fp32 (so that a lineage trained
+    partly in bf16 keeps one comparable val curve); read inside the loss the trainer calls."""
+    import gp_engine.train as tr
+
+    seen = []
+    real = tr.diffusion_loss
+
+    def spy(*a, **kw):
+        seen.append((torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"),
+                     torch.get_autocast_dtype("cpu")))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(tr, "diffusion_loss", spy)
+    meta = train(_opts(data_dir, tmp_path / "b.pt", precision="bf16", steps=2))
+    assert meta["precision"] == "bf16" and np.isfinite(meta["final_val_loss"])
+    train_calls = [s for s in seen if s[0]]
+    val_calls = [s for s in seen if not s[0]]
+    assert len(train_calls) == 2 and val_calls
+    assert all(on and dt == torch.bfloat16 for _, on, dt in train_calls)
+    assert not any(on for _, on, _ in val_calls)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_bf16_training_and_pipeline(data_dir, tmp_path):  # pragma: no cover - GPU machines only

@@ -29,7 +29,7 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--levels", type=int, help="separable encoding levels K (default: gp_engine.encoding.DEFAULT_LEVELS)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
-                   help="autocast precision (default: bf16 on CUDA, fp32 on CPU)")
+                   help="autocast precision (default: bf16 on CUDA and on CPUs with AMX bf16 tiles, else fp32; validation always fp32)")
     p.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate (default 2e-4)")
     p.add_argument("--loss", default="mse", choices=["mse", "l1"], help="loss on the target (default mse)")
     p.add_argument("--target", choices=["eps", "x0", "v"],
