@@ -49,7 +49,8 @@ class TrainOptions:
                                        # lineage's (resume / --init-from), "dsatur" for a new run
     device: str = "auto"
     precision: str = "auto"            # auto (bf16 on CUDA and AMX CPUs, else fp32) | bf16 | fp16 | fp32
-    lr: float = 2e-4
+    lr: float | None = None            # AdamW peak lr; None: DEFAULT_LR for a new run, the lineage's on resume
+    cooldown_steps: int | None = None  # lr decays linearly to 0 over the last N steps before `steps` (WSD)
     weight_decay: float = 0.01
     loss: str = "mse"                  # mse | l1
     target: str = "eps"                # what the network predicts: eps | x0 | v
@@ -91,6 +92,34 @@ def pick_device(name: str) -> torch.device:
     if name not in ("cpu",) and not name.startswith("cuda"):
         raise GPEngineError(f"--device {name!r} is unknown; use auto, cpu or cuda")
     return torch.device(name)
+
+
+#: AdamW learning rate of a new run when --lr is not given
+DEFAULT_LR = 2e-4
+
+
+def lr_at(step: int, base: float, steps: int, cooldown: int | None) -> float:
+    """Learning rate of training step ``step`` (0-based, the step about to be taken): ``base``, or, with a
+    cooldown of N steps, ``base`` until ``steps - N`` and then linearly down to ``base / N`` at the last
+    step (warmup-stable-decay: a lineage trains at a constant rate and a branch of it is cooled down
+    before it is shipped). A pure function of the step, so a resumed cooldown continues exactly."""
+    if not cooldown:
+        return base
+    return base * min(1.0, max(steps - step, 0) / cooldown)
+
+
+def resolve_lr(opts_lr: float | None, resumed: dict | None) -> float:
+    """The run's peak lr: the one asked for, else its lineage's last (resume), else :data:`DEFAULT_LR`."""
+    if opts_lr is not None:
+        if not (isinstance(opts_lr, (int, float)) and 0 < opts_lr < 1):
+            raise GPEngineError(f"--lr must be a number in (0, 1), got {opts_lr!r}")
+        return float(opts_lr)
+    if resumed is not None:
+        runs = ((resumed.get("training") or {}).get("history") or {}).get("runs") or []
+        if runs and runs[-1].get("lr"):
+            return float(runs[-1]["lr"])
+        return float(resumed["optimizer"]["param_groups"][0]["lr"])
+    return DEFAULT_LR
 
 
 def cpu_has_bf16_matrix_units() -> bool:
@@ -489,7 +518,10 @@ def train(opts: TrainOptions) -> dict:
     model = build_unet(config).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     # fused AdamW on CUDA: one kernel for all parameters instead of a dozen per tensor
-    optim = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay,
+    if opts.cooldown_steps is not None and not (isinstance(opts.cooldown_steps, int) and opts.cooldown_steps >= 1):
+        raise GPEngineError(f"--cooldown-steps must be an integer >= 1, got {opts.cooldown_steps!r}")
+    base_lr = resolve_lr(opts.lr, resumed)
+    optim = torch.optim.AdamW(model.parameters(), lr=base_lr, weight_decay=opts.weight_decay,
                               **({"fused": True} if device.type == "cuda" else {}))
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     gen = torch.Generator(device=device).manual_seed(opts.seed)
@@ -535,7 +567,7 @@ def train(opts: TrainOptions) -> dict:
     # the lineage's runs: where each stretch of training ran, from which step, with what settings
     history.setdefault("runs", []).append({
         "from_step": step, "device": _device_name(device), "precision": precision, "batch_size": opts.batch_size,
-        "lr": opts.lr, "compile": bool(opts.compile and device.type == "cuda"),
+        "lr": base_lr, "cooldown_steps": opts.cooldown_steps, "compile": bool(opts.compile and device.type == "cuda"),
         "colouring": encoding.get("colouring"),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     ab = torch.tensor(schedule.alphas_cumprod, dtype=torch.float32, device=device)
@@ -611,6 +643,8 @@ def train(opts: TrainOptions) -> dict:
             with autocast():
                 loss = diffusion_loss(fwd, x0, t, noise, sqrt_ab, sqrt_1mab, known=known, **train_loss_opts)
             optim.zero_grad(set_to_none=True)
+            for group in optim.param_groups:  # the step's rate (a resumed optimizer state holds the last one)
+                group["lr"] = lr_at(step, base_lr, opts.steps, opts.cooldown_steps)
             if scaler is not None:
                 scaler.scale(loss).backward()
                 scaler.unscale_(optim)
@@ -715,4 +749,5 @@ def _device_name(device: torch.device) -> str:
 
 
 __all__ = ["TrainOptions", "train", "diffusion_loss", "ema_update", "ema_decay_at", "plot_loss_curve",
-           "loss_curve_path", "pick_device", "pick_precision"]
+           "loss_curve_path", "pick_device", "pick_precision", "DEFAULT_LR", "lr_at", "resolve_lr",
+           "cpu_has_bf16_matrix_units"]

@@ -62,6 +62,48 @@ def test_resume_continues_exactly(data_dir, tmp_path):
     assert a["training"]["samples_seen"] == b["training"]["samples_seen"] == 8
 
 
+def test_lr_at_holds_then_decays_linearly_over_the_cooldown():
+    from gp_engine.train import lr_at
+
+    assert [lr_at(s, 1.0, 10, None) for s in (0, 9, 12)] == [1.0, 1.0, 1.0]
+    got = [lr_at(s, 1.0, 10, 4) for s in range(10)]
+    assert got == pytest.approx([1.0] * 6 + [1.0, 0.75, 0.5, 0.25])
+    assert lr_at(11, 1.0, 10, 4) == 0.0  # past --steps (never taken): no negative rate
+
+
+def test_resume_keeps_the_lineages_lr_unless_given(data_dir, tmp_path):
+    """A resumed run used to take the lr saved in the optimizer state whatever --lr said (and record the
+    CLI's default): now --lr wins when given, else the lineage's own rate continues."""
+    out = tmp_path / "lr.pt"
+    train(_opts(data_dir, out, steps=2, lr=3e-3))
+    train(_opts(data_dir, out, steps=3, resume=True))
+    ck = load_checkpoint(out)
+    assert ck["optimizer"]["param_groups"][0]["lr"] == pytest.approx(3e-3)
+    assert ck["training"]["history"]["runs"][-1]["lr"] == pytest.approx(3e-3)
+    train(_opts(data_dir, out, steps=4, resume=True, lr=1e-3))
+    ck = load_checkpoint(out)
+    assert ck["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3)
+    assert ck["training"]["history"]["runs"][-1]["lr"] == pytest.approx(1e-3)
+    with pytest.raises(GPEngineError, match="--cooldown-steps"):
+        train(_opts(data_dir, out, steps=5, resume=True, cooldown_steps=0))
+
+
+def test_cooldown_changes_the_steps_and_resumes_exactly(data_dir, tmp_path):
+    plain, cool, part = tmp_path / "plain.pt", tmp_path / "cool.pt", tmp_path / "part.pt"
+    train(_opts(data_dir, plain, steps=4, lr=5e-3))
+    train(_opts(data_dir, cool, steps=4, lr=5e-3, cooldown_steps=3))
+    # interrupted after its first step (a time limit), then resumed: the same rates as one run (the cooldown
+    # ends at --steps, so an interrupted cooldown is resumed with the same --steps)
+    train(_opts(data_dir, part, steps=4, lr=5e-3, cooldown_steps=3, time_limit_min=1e-9))
+    assert load_checkpoint(part)["step"] == 1
+    train(_opts(data_dir, part, steps=4, resume=True, cooldown_steps=3))
+    a, b, c = load_checkpoint(plain), load_checkpoint(cool), load_checkpoint(part)
+    assert b["optimizer"]["param_groups"][0]["lr"] == pytest.approx(5e-3 / 3)  # the last step's rate
+    assert any(not torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    for name, tb in b["model"].items():
+        torch.testing.assert_close(c["model"][name], tb, rtol=0, atol=1e-7, msg=name)
+
+
 def test_resume_keeps_the_lineages_validation_set(data_dir, tmp_path):
     """A later run given another --seed (or --val-blocks) still validates on the lineage's blocks: its
     validation curve continues the same curve as an uninterrupted run's."""

@@ -30,7 +30,11 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
                    help="autocast precision (default: bf16 on CUDA and on CPUs with AMX bf16 tiles, else fp32; validation always fp32)")
-    p.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate (default 2e-4)")
+    p.add_argument("--lr", type=float, help="AdamW peak learning rate (default 2e-4 for a new run; a resumed run "
+                                            "keeps its lineage's unless given)")
+    p.add_argument("--cooldown-steps", type=int, metavar="N",
+                   help="decay the learning rate linearly to 0 over the last N steps before --steps (cool a "
+                        "branch of a lineage down before shipping it: copy the checkpoint, then --resume the copy)")
     p.add_argument("--loss", default="mse", choices=["mse", "l1"], help="loss on the target (default mse)")
     p.add_argument("--target", choices=["eps", "x0", "v"],
                    help="what the network predicts (default eps); the built ONNX graph always outputs ε")
@@ -99,7 +103,7 @@ def run(args) -> int:
     opts = TrainOptions(
         data=args.data or [], out=args.out, preset=args.preset or "small", steps=args.steps,
         batch_size=args.batch_size, encoding=args.encoding or "separable", levels=args.levels, bits=args.bits, colouring=args.colouring, device=args.device, precision=args.precision,
-        lr=args.lr, loss=args.loss, target=args.target or "eps", weighting=args.weighting, gamma=args.gamma, aux_ce=args.aux_ce,
+        lr=args.lr, cooldown_steps=args.cooldown_steps, loss=args.loss, target=args.target or "eps", weighting=args.weighting, gamma=args.gamma, aux_ce=args.aux_ce,
         crop=args.crop, cpu_time_limit_min=args.cpu_time_limit_min, ema_decay=args.ema_decay, T=args.T, val_pattern=args.val_pattern,
         val_every=args.val_every, val_blocks=args.val_blocks, checkpoint_every=args.checkpoint_every,
         time_limit_min=args.time_limit_min, seed=args.seed, threads=args.threads, compile=args.compile,
