@@ -14,6 +14,10 @@ continues a grain across a block face (RePaint) makes it lumpy. This probe score
 by KL of aspect and volume, and the mean b/a of grains of over 300 voxels that touch no crop face.
 
     python bench/aspect_probe.py --model mymodel --name ext500 --sampler fast-k0
+    python bench/aspect_probe.py --model mymodel --name s15218 --single 24 --volumes 0   # single blocks only
+
+Each record also keeps the model's training (steps, blocks seen, validation x̂₀ error), so the single-block
+rows of one lineage draw a curve of shape error against training: bench/plots/aspect_single_vs_training.png.
 
 Writes bench/results/aspect_probe.{json,md} (rows accumulate per --name).
 """
@@ -33,6 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from conditional_vs_repaint import sampler_for  # noqa: E402
+from provenance import cpu_name  # noqa: E402
 from quality_generate import SHARED, VALIDATION_SEEDS  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -102,7 +107,8 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="shipped")
     ap.add_argument("--sampler", default="fast", help="a setting of conditional_vs_repaint.py: fast, fast-k0, ...")
     ap.add_argument("--single", type=int, default=16, help="single 32³ blocks (default 16)")
-    ap.add_argument("--volumes", type=int, default=2, help="64³ volumes for the plan octants (default 2)")
+    ap.add_argument("--volumes", type=int, default=2, help="64³ volumes for the plan octants (default 2; 0: single "
+                                                            "blocks only, the quick curve against training)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", default=None, help="keep generated volumes here (default: a temporary folder)")
     a = ap.parse_args(argv)
@@ -125,11 +131,12 @@ def main(argv=None) -> int:
     train = [np.load(SHARED / f"potts_iso_100_seed{s}.npz")["spins"] for s in TRAIN_SEEDS[:4]]
     rows = [row("SPPARKS crops (train seeds)", [c for v in train for c in crops(v, max(a.single, n_plan) // 4 + 1,
                                                                              floor_rng)], ref),
-            row("single 32³ blocks", single, ref), row("plan: octants of 64³", plan, ref)]
+            row("single 32³ blocks", single, ref)] + ([row("plan: octants of 64³", plan, ref)] if plan else [])
     commit = subprocess.run(["git", "rev-parse", "--short=8", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     rec = {"name": a.name, "model": a.model or "shipped", "sampler": a.sampler, "date": date.today().isoformat(),
-           "commit": commit, "reference_big_inner_b_a": ref_figs["big_inner_b_a"], "rows": rows}
+           "commit": commit, "reference_big_inner_b_a": ref_figs["big_inner_b_a"], "rows": rows,
+           "training": model_training(a.model), "device": cpu_name()}
     for r in rows:
         print(f"{r['source']:30s} boxes {r['boxes']:3d} grains {r['grains']:5d}  KL volume {r['kl_volume']:.3f} "
               f"aspect {r['kl_aspect']:.3f}  big inner grains {r['big_inner_grains']:4d} b/a "
@@ -155,7 +162,54 @@ def main(argv=None) -> int:
                          f"{r['kl_aspect']:.3f} | {r['big_inner_grains']} | {ba} |")
         lines.append("")
     (RESULTS / "aspect_probe.md").write_text("\n".join(lines))
+    plot_curve(allrec)
     return 0
+
+
+def model_training(model: str | None) -> dict | None:
+    """Steps, blocks seen (with the warm start's) and validation x̂₀ error of the model's training."""
+    from gp_engine.runtime import read_model
+
+    _, manifest = read_model(Path(model) if model else None)
+    t = manifest.get("training") or {}
+    if not t.get("steps"):
+        return None
+    init = t.get("init_from") or {}
+    return {"model": manifest.get("name"), "steps": int(t["steps"]),
+            "blocks_seen": int(t.get("samples_seen") or 0) + int(init.get("samples_seen") or 0),
+            "val_x0w": t.get("final_val_x0w"), "precision": t.get("precision")}
+
+
+def plot_curve(records: list[dict]) -> None:
+    """Single-block KL (aspect, volume) against the blocks the model had seen, one line per sampler."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    from gp_engine.atomic_write import save_figure
+
+    pts = [(r["sampler"], r["training"]["blocks_seen"], r["rows"][1], r["rows"][0], r["name"]) for r in records
+           if r.get("training") and r["training"].get("blocks_seen")]
+    if not pts:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
+    for ax, key in zip(axes, ("kl_aspect", "kl_volume")):
+        for sampler in sorted({p[0] for p in pts}):
+            line = sorted((b, g[key], name) for s_, b, g, _, name in pts if s_ == sampler)
+            ax.plot([x[0] for x in line], [x[1] for x in line], "o-", ms=4, label=f"generated, `{sampler}`")
+            for b, v, name in line:
+                ax.annotate(name, (b, v), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        ax.axhline(float(np.mean([p[3][key] for p in pts])), color="k", ls=":", lw=0.8,
+                   label="SPPARKS crops (floor)")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:.0f}k"))
+        ax.set_xlabel("training blocks seen")
+        ax.set_title(f"single 32³ blocks: {key.replace('_', ' ')}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, ROOT / "bench" / "plots" / "aspect_single_vs_training.png")
 
 
 if __name__ == "__main__":

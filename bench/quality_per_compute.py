@@ -110,6 +110,8 @@ def render_md(rows: list[dict]) -> str:
              "Rows from `bench/quality_per_compute.py` (one per run; losing configurations keep theirs). "
              "KL(generated ‖ SPPARKS validation 1019-1023) with gp_engine.stats' Gaussian-KDE estimator; "
              "generated at the `fast` preset. Budget: process CPU minutes (CPU) or wall minutes (GPU), "
+             "with the training precision after the device where recorded (bf16 on an AMX CPU: ~1.9× the "
+             "fp32 steps per CPU minute), "
              "cumulative over resumed runs. x̂₀ err: validation error of the implied x̂₀ weighted by "
              "min(SNR, 5), comparable across targets (rows before it existed show the ε-MSE in the next column). "
              "Level distance: mean |field - nearest level| in level spacings.", ""]
@@ -125,7 +127,7 @@ def render_md(rows: list[dict]) -> str:
     for r in rows:
         c, s = r["config"], r["summary"]
         lines.append(
-            f"| {c['name']} | {_enc(c.get('encoding'))} | {c['target']} | {c['weighting']} | {c['preset']} | {c['crop']} | {r['device_kind']} "
+            f"| {c['name']} | {_enc(c.get('encoding'))} | {c['target']} | {c['weighting']} | {c['preset']} | {c['crop']} | {r['device_kind']}{' ' + c['precision'] if c.get('precision') else ''} "
             f"| {r.get('sampler_preset', 'fast')} κ{r.get('sharpen_x0', 0):g} | {r.get('segmentation', 'levels/5')} "
             f"| {r['budget_min_total']:.0f} | {r['samples_seen']} | {_fmt(r.get('final_val_x0w'))} "
             f"| {_fmt(r.get('final_val_eps_mse'))} "
@@ -298,7 +300,10 @@ def main(argv=None) -> int:
               "preset": ck["config"].get("preset"), "channels": ck["config"]["channels"],
               "crop": obj.get("crop", 32), "encoding": ck["encoding"], "batch_size": meta.get("batch_size"),
               "aux_ce": obj.get("aux_ce", 0.0),
-              "lr": (meta.get("options") or {}).get("lr"), "parameters": meta.get("parameters")}
+              # the rate the run used (recorded per run since --lr became optional on resume)
+              "lr": (((meta.get("history") or {}).get("runs") or [{}])[-1].get("lr")
+                     or (meta.get("options") or {}).get("lr")),
+              "precision": meta.get("precision"), "parameters": meta.get("parameters")}
     budget_total = (meta.get("cpu_time_s", 0.0) if a.device_kind == "cpu" else meta.get("wall_time_s", 0.0)) / 60
     row = {**header("quality_per_compute", cuda=a.device_kind == "cuda"),
            "config": config, "device_kind": a.device_kind, "threads": a.threads,
