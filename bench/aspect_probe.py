@@ -146,13 +146,23 @@ def main(argv=None) -> int:
     allrec = json.loads(path.read_text()) if path.is_file() else []
     allrec = [r for r in allrec if (r["name"], r["sampler"]) != (a.name, a.sampler)] + [rec]
     path.write_text(json.dumps(allrec, indent=1) + "\n")
+    write_md(allrec)
+    plot_curve(allrec)
+    return 0
+
+
+def write_md(allrec: list[dict]) -> None:
     lines = ["# Aspect: one block or the block plan?", "",
              "`bench/aspect_probe.py`: grains of 32³ boxes (each relabelled into connected grains) against 200 "
              "32³ crops of SPPARKS validation 1019-1023, gp_engine.stats' KDE estimator; *big inner b/a*: mean "
              f"b/a of grains over {BIG} voxels touching no box face. SPPARKS crops of training seeds: the floor "
              "at the same sample size.", ""]
     for r0 in allrec:
-        lines += [f"## {r0['name']}, `{r0['sampler']}` ({r0['date']}, commit {r0['commit']}; SPPARKS validation "
+        tr = r0.get("training")
+        trained = (f"; {tr['steps']:,} steps, {tr['blocks_seen']:,} blocks seen, val x̂₀ err {tr['val_x0w']:.4f}"
+                   if tr and tr.get("val_x0w") else "")
+        lines += [f"## {r0['name']}, `{r0['sampler']}` ({r0['date']}, commit {r0['commit']}"
+                  f"{', ' + r0['device'] if r0.get('device') else ''}{trained}; SPPARKS validation "
                   f"big inner b/a {r0['reference_big_inner_b_a']:.3f})", "",
                   "| source | boxes | grains | KL volume | KL aspect | big inner grains | big inner b/a |",
                   "|---|---|---|---|---|---|---|"]
@@ -162,8 +172,6 @@ def main(argv=None) -> int:
                          f"{r['kl_aspect']:.3f} | {r['big_inner_grains']} | {ba} |")
         lines.append("")
     (RESULTS / "aspect_probe.md").write_text("\n".join(lines))
-    plot_curve(allrec)
-    return 0
 
 
 def model_training(model: str | None) -> dict | None:
