@@ -5,9 +5,9 @@ The network predicts ε, x₀ or v with uniform or Min-SNR-γ loss weighting
 
 AdamW, EMA weights (exported by default), gradient clipping, bf16 autocast on CUDA and on CPUs with AMX
 tiles (fp16 + GradScaler as an option; validation always in fp32), periodic atomic checkpoints that
-``resume`` continues exactly (weights, optimizer, EMA, step, generator state), validation loss on fixed
-held-out blocks with fixed noise and timesteps, a tqdm bar
-with loss and samples/s, and a loss-curve PNG next to the checkpoint.
+``resume`` continues exactly (weights, optimizer, EMA, step, generator state), a constant learning
+rate with an optional linear cooldown (``lr_at``), validation loss on fixed held-out blocks with fixed
+noise and timesteps, a tqdm bar with loss and samples/s, and a loss-curve PNG next to the checkpoint.
 """
 
 from __future__ import annotations
@@ -116,8 +116,9 @@ def resolve_lr(opts_lr: float | None, resumed: dict | None) -> float:
         return float(opts_lr)
     if resumed is not None:
         runs = ((resumed.get("training") or {}).get("history") or {}).get("runs") or []
-        if runs and runs[-1].get("lr"):
+        if runs and "cooldown_steps" in runs[-1] and runs[-1].get("lr"):  # recorded since the rate is resolved
             return float(runs[-1]["lr"])
+        # older runs recorded the CLI's --lr even where the optimizer state's rate was used: take that one
         return float(resumed["optimizer"]["param_groups"][0]["lr"])
     return DEFAULT_LR
 
@@ -517,10 +518,10 @@ def train(opts: TrainOptions) -> dict:
     torch.manual_seed(opts.seed)  # weight init
     model = build_unet(config).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    # fused AdamW on CUDA: one kernel for all parameters instead of a dozen per tensor
     if opts.cooldown_steps is not None and not (isinstance(opts.cooldown_steps, int) and opts.cooldown_steps >= 1):
         raise GPEngineError(f"--cooldown-steps must be an integer >= 1, got {opts.cooldown_steps!r}")
     base_lr = resolve_lr(opts.lr, resumed)
+    # fused AdamW on CUDA: one kernel for all parameters instead of a dozen per tensor
     optim = torch.optim.AdamW(model.parameters(), lr=base_lr, weight_decay=opts.weight_decay,
                               **({"fused": True} if device.type == "cuda" else {}))
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
