@@ -26,28 +26,24 @@ from pathlib import Path
 
 import torch
 
-from gp_engine.blocks import BlockSource, load_volume
+from gp_engine.blocks import BlockSource
 from gp_engine.checkpoint import load_checkpoint
 from gp_engine.diffusion import Schedule
-from gp_engine.train import cpu_has_bf16_matrix_units, diffusion_loss
+from gp_engine.train import cpu_has_bf16_matrix_units, diffusion_loss, loss_options
 from gp_engine.unet import build_unet, count_parameters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, for provenance.py
+from bench_train import volumes  # noqa: E402
 from provenance import header  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "data" / "spparks"
 RESULTS = ROOT / "bench" / "results"
 
 
 def source(encoding: dict) -> tuple[BlockSource, list[str]]:
-    files = sorted(SHARED.glob("potts_iso_100_seed10*.npz"))[:2] if SHARED.is_dir() else []
-    if not files:
-        files = [ROOT / "gp_engine" / "data" / "potts_iso_100_seed1001.npz"]
-    vols = [load_volume(f) for f in files]
-    src = BlockSource(vols, encoding["kind"], encoding.get("levels"), torch.device("cpu"),
-                      bits=encoding.get("bits"), colouring=encoding.get("colouring", "dsatur"))
-    return src, [f.name for f in files]
+    vols, names = volumes()  # bench_train's: two training volumes (the package's sample without ../shared)
+    return BlockSource(vols, encoding["kind"], encoding.get("levels"), torch.device("cpu"),
+                       bits=encoding.get("bits"), colouring=encoding.get("colouring", "dsatur")), names
 
 
 def measure(ck: dict, src: BlockSource, batch: int, steps: int) -> dict:
@@ -57,9 +53,8 @@ def measure(ck: dict, src: BlockSource, batch: int, steps: int) -> dict:
     sched = Schedule.from_dict(ck["schedule"])
     ab = torch.tensor(sched.alphas_cumprod, dtype=torch.float32)
     sab, s1ab = ab.sqrt(), (1 - ab).sqrt()
-    obj = ck["objective"]  # the trainer's loss options for this lineage (conditional/self-cond: not here)
-    opts = {"kind": obj["loss"], "target": ck.get("prediction", "eps"), "weighting": obj["weighting"],
-            "gamma": float(obj["gamma"]), "aux_ce": float(obj.get("aux_ce") or 0.0)}
+    # the trainer's loss options for this lineage (unconditional, no self-conditioning: not handled here)
+    _, opts = loss_options(ck["objective"], ck.get("prediction", "eps"))
     g = torch.Generator().manual_seed(0)
     batches = []
     for _ in range(steps + 1):  # the first one warms both paths up
@@ -104,6 +99,10 @@ def measure(ck: dict, src: BlockSource, batch: int, steps: int) -> dict:
             if len(rows) > 1 else None, "batches": rows}
 
 
+def _f3(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3f}"
+
+
 def write_md(rows: list[dict], path: Path) -> None:
     lines = ["# Training precision on the CPU: fp32 vs bf16 autocast (bench/train_precision.py)", "",
              "Trainer steps (forward + backward, no optimizer) of a real lineage from identical weights and "
@@ -118,7 +117,7 @@ def write_md(rows: list[dict], path: Path) -> None:
                      f"{r['threads']} | {r['checkpoint']} (step {m['step']}) | {m['batch_size']} | "
                      f"{m['s_per_step_fp32']:.2f} | {m['s_per_step_bf16']:.2f} | {m['speedup_bf16']:.2f}× | "
                      f"{m['min_grad_cosine']:.3f} / {m['mean_grad_cosine']:.3f} | "
-                     f"{m['mean_batch_to_batch_cosine']:.3f} | {m['max_loss_rel_diff']:.1e} |")
+                     f"{_f3(m['mean_batch_to_batch_cosine'])} | {m['max_loss_rel_diff']:.1e} |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -143,7 +142,7 @@ def main() -> int:
     write_md(rows, out.with_suffix(".md"))
     print(f"{row['device']['cpu']}, {a.threads} thread(s): fp32 {result['s_per_step_fp32']:.2f} s/step, "
           f"bf16 {result['s_per_step_bf16']:.2f} s/step ({result['speedup_bf16']:.2f}× fp32); grad cosine "
-          f"min {result['min_grad_cosine']:.4f} (batch vs batch {result['mean_batch_to_batch_cosine']:.3f}), loss rel. diff max {result['max_loss_rel_diff']:.1e}")
+          f"min {result['min_grad_cosine']:.4f} (batch vs batch {_f3(result['mean_batch_to_batch_cosine'])}), loss rel. diff max {result['max_loss_rel_diff']:.1e}")
     return 0
 
 

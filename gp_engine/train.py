@@ -94,6 +94,13 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def loss_options(objective: dict, target: str) -> tuple[dict, dict]:
+    """(validation, training) keyword arguments of :func:`diffusion_loss` for a checkpoint's objective."""
+    loss_opts = {"kind": objective["loss"], "target": target, "weighting": objective["weighting"],
+                 "gamma": float(objective["gamma"]), "known_clean": objective.get("known_in_xt") == "clean"}
+    return loss_opts, {**loss_opts, "aux_ce": float(objective.get("aux_ce") or 0.0)}
+
+
 #: AdamW learning rate of a new run when --lr is not given
 DEFAULT_LR = 2e-4
 
@@ -507,9 +514,7 @@ def train(opts: TrainOptions) -> dict:
     train_files, val_files, src, val_src = _load_sources(opts, device, encoding, resumed,
                                                             int(objective.get("crop", 32)))
     masks = MaskSampler(device) if conditional else None
-    loss_opts = {"kind": objective["loss"], "target": target, "weighting": objective["weighting"],
-                 "gamma": float(objective["gamma"]), "known_clean": objective.get("known_in_xt") == "clean"}
-    train_loss_opts = {**loss_opts, "aux_ce": float(objective.get("aux_ce") or 0.0)}
+    loss_opts, train_loss_opts = loss_options(objective, target)
     self_cond = bool(config.get("self_cond", False))
     if self_cond:  # validation: always the two-pass estimate, what sampling feeds after the first step
         loss_opts["self_cond"] = True
@@ -750,5 +755,5 @@ def _device_name(device: torch.device) -> str:
 
 
 __all__ = ["TrainOptions", "train", "diffusion_loss", "ema_update", "ema_decay_at", "plot_loss_curve",
-           "loss_curve_path", "pick_device", "pick_precision", "DEFAULT_LR", "lr_at", "resolve_lr",
+           "loss_curve_path", "pick_device", "pick_precision", "DEFAULT_LR", "lr_at", "resolve_lr", "loss_options",
            "cpu_has_bf16_matrix_units"]
