@@ -81,6 +81,7 @@ class TrainOptions:
     known_input: str | None = None     # conditional: known voxels in x_t "clean" (TD-Paint, default) or "noisy"
     init_from: str | None = None       # start from this checkpoint's EMA weights (widened if conditional)
     self_cond: bool = False            # self-conditioning: the previous x̂₀ as extra input channels
+    attention: bool = False            # self-attention at the U-Net's coarsest level (unet.MidAttention)
     extend_schedule: int | None = None  # with init_from: continue the parent's linear β ramp to this T
 
 
@@ -354,7 +355,36 @@ def _init_weights(base: dict, config: dict) -> dict:
         state = widen_state_dict(state, config)  # unconditional parent, --conditional run
     if n_sc and not p_sc:
         state = widen_stem(state, int(config["in_channels"]) + n_cond, int(config["in_channels"]))
+    if config.get("attention") and not base["config"].get("attention"):
+        state = with_fresh_attention(state, config)
     return state
+
+
+def with_attention_added(ckpt: dict) -> dict:
+    """A trainer checkpoint without attention, grown by the fresh (identity) layer: weights and EMA get it
+    (:func:`with_fresh_attention`), the optimizer's per-parameter moments move to the new parameter order
+    (the new ones start without moments, as Adam's first step on them)."""
+    config = {**ckpt["config"], "attention": True}
+    old_names = [n for n, _ in build_unet(ckpt["config"]).named_parameters()]
+    new_names = [n for n, _ in build_unet(config).named_parameters()]
+    opt = ckpt["optimizer"]
+    if len(opt["param_groups"]) != 1 or len(opt["param_groups"][0]["params"]) != len(old_names):
+        raise GPEngineError("--attention on --resume: the checkpoint's optimizer state does not match its U-Net "
+                            "(one parameter group expected); start a new run with --init-from CKPT --attention")
+    index = {n: opt["param_groups"][0]["params"][i] for i, n in enumerate(old_names)}
+    state = {j: opt["state"][index[n]] for j, n in enumerate(new_names) if n in index and index[n] in opt["state"]}
+    group = {**opt["param_groups"][0], "params": list(range(len(new_names)))}
+    return {**ckpt, "config": config, "model": with_fresh_attention(ckpt["model"], config),
+            "ema": with_fresh_attention(ckpt["ema"], config), "optimizer": {"state": state, "param_groups": [group]}}
+
+
+def with_fresh_attention(state: dict, config: dict) -> dict:
+    """A parent's weights with the fresh (zero-output, identity) attention layer of ``config``'s U-Net added:
+    the warm-started model computes exactly the parent's function until training moves it."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        fresh = build_unet(config).state_dict()
+    return {**state, **{k: v for k, v in fresh.items() if k.startswith("mid_attn.")}}
 
 
 def _with_colouring(encoding: dict, colouring: str | None) -> dict:
@@ -500,6 +530,12 @@ def train(opts: TrainOptions) -> dict:
     if resumed is not None and opts.self_cond and not config.get("self_cond"):
         raise GPEngineError(f"--self-cond: {out} was trained without self-conditioning and a resumed run keeps "
                             f"its model; start a new run from it with --init-from {out} --self-cond")
+    if resumed is None and opts.attention:
+        config = {**config, "attention": True}
+    grown = resumed is not None and opts.attention and not config.get("attention")
+    if grown:  # the lineage grows the layer in place: same step, optimizer moments and validation curve
+        resumed = with_attention_added(resumed)
+        config = resumed["config"]
     if resumed is None and opts.init_from:
         init_state = _init_weights(init_base, config)
     conditional = int(config.get("cond_channels", 0) or 0) > 0
@@ -574,7 +610,7 @@ def train(opts: TrainOptions) -> dict:
     history.setdefault("runs", []).append({
         "from_step": step, "device": _device_name(device), "precision": precision, "batch_size": opts.batch_size,
         "lr": base_lr, "cooldown_steps": opts.cooldown_steps, "compile": bool(opts.compile and device.type == "cuda"),
-        "colouring": encoding.get("colouring"),
+        "colouring": encoding.get("colouring"), **({"attention_added": True} if grown else {}),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     ab = torch.tensor(schedule.alphas_cumprod, dtype=torch.float32, device=device)
     sqrt_ab, sqrt_1mab = ab.sqrt(), (1.0 - ab).sqrt()

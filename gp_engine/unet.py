@@ -14,7 +14,9 @@ A *conditional* (outpainting) model has ``cond_channels`` > 0: ``forward(x, t, c
 ``cond`` [B, cond_channels, D, H, W] (the known values, zero where unknown, and the known mask; see
 :mod:`gp_engine.conditional`) to the noisy block before the first convolution. A *self-conditioning*
 model (``self_cond``, :mod:`gp_engine.self_cond`) also takes ``x0_prev`` [B, in_channels, D, H, W], its
-previous estimate of the clean block (zero when there is none), concatenated after ``cond``.
+previous estimate of the clean block (zero when there is none), concatenated after ``cond``. With
+``attention: true`` (and ``attention_heads``, default 4) the coarsest level ends in a self-attention layer
+(:class:`MidAttention`) that lets every position of the block see every other.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ import torch
 from torch import nn
 
 from .errors import GPEngineError
+
+#: heads of the optional self-attention at the coarsest level (``attention: true``; 64 channels -> 16 per head)
+ATTENTION_HEADS = 4
 
 PRESETS: dict[str, dict] = {
     "tiny": {"channels": [8, 16]},           # tests and the first CPU-trained placeholder
@@ -61,6 +66,15 @@ def normalize_config(config: dict) -> dict:
     sc = cfg.setdefault("self_cond", False)
     if not isinstance(sc, bool):
         raise GPEngineError(f"U-Net config 'self_cond' must be true or false, got {sc!r}")
+    # optional, written only when on, so that configs from before the choice read and compare as before
+    attn = cfg.get("attention", False)
+    if not isinstance(attn, bool):
+        raise GPEngineError(f"U-Net config 'attention' must be true or false, got {attn!r}")
+    if attn:
+        heads = cfg.setdefault("attention_heads", ATTENTION_HEADS)
+        if not (isinstance(heads, int) and heads >= 1 and cfg["channels"][-1] % heads == 0):
+            raise GPEngineError(f"U-Net config 'attention_heads' must be a positive divisor of the last channel "
+                                f"count ({cfg['channels'][-1]}), got {heads!r}")
     return cfg
 
 
@@ -111,6 +125,34 @@ class ResBlock(nn.Module):
         return h + self.skip(x)
 
 
+class MidAttention(nn.Module):
+    """Multi-head self-attention over every position of the coarsest level (8³ = 512 positions for a
+    32³ block with three levels), so that each position sees the whole block; GN, 1×1 q/k/v, residual.
+
+    The output projection starts at zero: a freshly added layer is the identity, so a parent trained
+    without it warm-starts (``gp-engine train --init-from PARENT --attention``) to the same function.
+    Written with plain matmul and softmax so that every exporter and backend runs it.
+    """
+
+    def __init__(self, channels: int, heads: int = 4):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.GroupNorm(norm_groups(channels), channels)
+        self.qkv = nn.Conv3d(channels, 3 * channels, 1)
+        self.proj = nn.Conv3d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[0], x.shape[1]
+        d = c // self.heads
+        qkv = self.qkv(self.norm(x)).reshape(b, 3 * self.heads, d, -1)  # [B, 3h, d, N]
+        q, k, v = qkv[:, :self.heads], qkv[:, self.heads:2 * self.heads], qkv[:, 2 * self.heads:]
+        w = torch.softmax(torch.matmul(q.transpose(2, 3), k) * (1.0 / math.sqrt(d)), dim=-1)  # [B, h, N, N]
+        out = torch.matmul(v, w.transpose(2, 3))  # [B, h, d, N]
+        return x + self.proj(out.reshape(x.shape))
+
+
 class UNet3D(nn.Module):
     """forward(x [B, C, D, H, W], t [B] float timestep indices[, cond][, x0_prev]) -> ε [B, C, D, H, W].
 
@@ -137,6 +179,7 @@ class UNet3D(nn.Module):
             if i < len(ch) - 1:
                 self.downsamples.append(nn.Conv3d(c, c, 3, stride=2, padding=1))
         self.mid = ResBlock(ch[-1], ch[-1], td)
+        self.mid_attn = MidAttention(ch[-1], int(cfg["attention_heads"])) if cfg.get("attention") else None
         self.upsamples = nn.ModuleList()
         self.up_blocks = nn.ModuleList()
         for i in reversed(range(len(ch))):
@@ -172,6 +215,8 @@ class UNet3D(nn.Module):
             if i < n - 1:
                 h = self.downsamples[i](h)
         h = self.mid(h, temb)
+        if self.mid_attn is not None:
+            h = self.mid_attn(h)
         for j, block in enumerate(self.up_blocks):
             if j > 0:
                 h = self.upsamples[j - 1](h)

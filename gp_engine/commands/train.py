@@ -56,6 +56,11 @@ def register(sub) -> argparse.ArgumentParser:
                    help="self-conditioning: the model also sees its previous estimate of the clean block (for half "
                         "of the training steps its own first-pass estimate; the sampler feeds it at every step); "
                         "with --init-from, the parent's weights carry over (zero weights on the new inputs)")
+    p.add_argument("--attention", action="store_true",
+                   help="end the U-Net's coarsest level with self-attention, so every position sees the whole "
+                        "block (about 2 %% more weights); with --init-from, or on --resume of a lineage without it (the "
+                        "lineage grows the layer in place: steps, optimizer moments and validation curve continue), "
+                        "the trained weights carry over and the new layer starts as the identity")
     p.add_argument("--extend-schedule", metavar="T", type=int,
                    help="with --init-from: continue the parent's linear β ramp to T steps (its timesteps unchanged, "
                         "the new ones noisier), so that the walk's first step is pure noise (T = 250 ends at "
@@ -108,7 +113,7 @@ def run(args) -> int:
         val_every=args.val_every, val_blocks=args.val_blocks, checkpoint_every=args.checkpoint_every,
         time_limit_min=args.time_limit_min, seed=args.seed, threads=args.threads, compile=args.compile,
         resume=args.resume, force=args.force, progress=not args.quiet, conditional=args.conditional,
-        init_from=args.init_from, known_input=args.known_input, self_cond=args.self_cond,
+        init_from=args.init_from, known_input=args.known_input, self_cond=args.self_cond, attention=args.attention,
         extend_schedule=args.extend_schedule)
     meta = train(opts)
     summary = {k: meta[k] for k in ("steps", "samples_seen", "wall_time_s", "cpu_time_s", "device",
