@@ -52,13 +52,14 @@ PLOT = ROOT / "bench" / "plots" / "conditional_kl_vs_evaluations.png"
 
 def sampler_for(setting: str) -> dict:
     """The plan's sampler section for a setting name: fast, balanced or paper, optionally with -sS (steps), -rR
-    (resamples) and -jJ (jump length) overriding the preset's; condN; each optionally with -etaE (η) and
+    (resamples) and -jJ (jump length) overriding the preset's; condN (optionally -rR: a conditional walk that
+    resamples its unknown voxels); each optionally with -etaE (η) and
     -kK (x̂0 sharpening κ = K; default: the model's, gp_engine.generate.model_sharpen)."""
     m = re.fullmatch(r"(fast|balanced|paper|cond(\d+))(?:-s(\d+))?(?:-r(\d+))?(?:-j(\d+))?(?:-eta([0-9.]+))?"
                      r"(?:-k([0-9.]+))?", setting)
-    if not m or (m.group(2) is not None and (m.group(4) or m.group(5))):
+    if not m or (m.group(2) is not None and (m.group(3) or m.group(5))):
         raise SystemExit(f"conditional_vs_repaint: setting {setting!r} is unknown; use fast, balanced or paper (with optional "
-                         "-sSTEPS -rRESAMPLE -jJUMP), condN, each with optional -etaE and -kK")
+                         "-sSTEPS -rRESAMPLE -jJUMP), condN (optional -rRESAMPLE), each with optional -etaE and -kK")
     out = {"preset": m.group(1)} if m.group(2) is None else {"preset": "conditional", "steps": int(m.group(2))}
     for group, key in ((3, "steps"), (4, "resample"), (5, "jump")):
         if m.group(group) is not None:

@@ -54,7 +54,7 @@ def model_kind(manifest_or_config: dict) -> str:
     return "conditional" if int(cfg.get("cond_channels", 0) or 0) > 0 else "unconditional"
 
 
-def check_sampler_fits(kind: str, preset: str, resample: int, where: str = "plan") -> None:
+def check_sampler_fits(kind: str, preset: str, where: str = "plan") -> None:
     """A conditional preset needs a conditional model, and the reverse; one line naming the fix."""
     if kind == "conditional" and preset != "conditional":
         raise GPEngineError(f"{where}: sampler.preset {preset!r} is for unconditional models (RePaint), but the "
@@ -64,9 +64,6 @@ def check_sampler_fits(kind: str, preset: str, resample: int, where: str = "plan
         raise GPEngineError(f"{where}: sampler.preset 'conditional' needs a conditional model (manifest "
                             "unet.cond_channels > 0), but this model is unconditional; use \"preset\": "
                             "\"fast\" or \"paper\", or a conditional model")
-    if kind == "conditional" and resample:
-        raise GPEngineError(f"{where}: sampler.resample = {resample}, but a conditional model sees the known "
-                            "voxels directly and never resamples; remove sampler.resample")
 
 
 def widen_state_dict(state: dict, config: dict) -> dict:

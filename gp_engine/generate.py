@@ -479,7 +479,7 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
 
         kind = model_kind(manifest)
         sp = sampler_params(resolve_sampler(plan.sampler, kind, where))
-        check_sampler_fits(kind, sp.preset or "paper", sp.resample, where)
+        check_sampler_fits(kind, sp.preset or "paper", where)
         sp.sharpen = sharpen_for(manifest, sp.sharpen)
         setup = repaint.make_setup(Schedule.from_dict(manifest["schedule"]), sp, clip_x0=sp.clip_x0,
                                    conditional=kind == "conditional",

@@ -32,7 +32,8 @@ PLAN_VERSION = 1
 #: jump 1, no resampling in the last 25 steps: 2490 network evaluations per block).
 #: ``conditional`` is for conditional (outpainting) models (:mod:`gp_engine.conditional`): the network
 #: sees the known voxels, so the walk is a plain strided chain, ``steps`` evaluations per block,
-#: DDPM (``eta`` 1) to DDIM (``eta`` 0) steps.
+#: DDPM (``eta`` 1) to DDIM (``eta`` 0) steps. It may still resample (``resample`` r > 0, DDPM steps only):
+#: RePaint's re-noise/denoise repeats then refine the unknown voxels only, the known ones staying clean.
 SAMPLER_PRESETS: dict[str, dict[str, float]] = {
     "paper": {"steps": 250, "resample": 10, "jump": 1, "tail": 25, "eta": 1.0},
     "fast": {"steps": 50, "resample": 2, "jump": 1, "tail": 5, "eta": 1.0},
@@ -390,10 +391,7 @@ def _sampler(where: str, value: Any) -> SamplerConfig:
     eta = obj.get("eta", s["eta"])
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= float(eta) <= 1.0:
         raise _bad(where, "sampler.eta", eta, "must be a number from 0 (DDIM) to 1 (DDPM)", '"sampler": {"eta": 1.0}')
-    if preset == "conditional" and s["resample"]:
-        raise _bad(where, "sampler.resample", s["resample"], "must be 0 with the conditional preset (the model sees "
-                   "the known voxels; nothing to resample)", '"sampler": {"preset": "conditional", "steps": 50}')
-    if preset != "conditional" and float(eta) != 1.0 and s["resample"]:
+    if float(eta) != 1.0 and s["resample"]:
         raise _bad(where, "sampler.eta", eta, "must be 1 when RePaint resamples (its re-noising assumes DDPM steps)",
                    '"sampler": {"eta": 1.0}')
     sharpen = obj.get("sharpen_x0")

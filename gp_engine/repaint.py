@@ -204,7 +204,8 @@ class SamplerSetup:
     """Everything a backend needs to run one batch: coefficient tables + the walk + options.
 
     ``conditional``: the network also takes the condition (known values and mask,
-    :func:`gp_engine.conditional.make_cond`), built once per batch; the walk then has no resampling.
+    :func:`gp_engine.conditional.make_cond`), built once per batch; if the walk resamples, its re-noising
+    touches the unknown voxels only (the known ones stay what the model was trained to see).
     ``eta``: 1 = DDPM posterior steps (RePaint), 0 = deterministic DDIM (see ``coefficients``).
     ``self_cond``: the network also takes its previous estimate of x0 (:mod:`gp_engine.self_cond`).
     """
@@ -236,8 +237,6 @@ def make_setup(schedule: Schedule, sampler, clip_x0: bool = False, conditional: 
     if sharpen < 0 or not np.isfinite(sharpen):
         raise GPEngineError(f"sampler.sharpen_x0 = {sharpen} must be a finite number ≥ 0 (0 = off)")
     rs.coefficients(eta)  # validates η once, here
-    if conditional and int(sampler.resample):
-        raise GPEngineError(f"sampler.resample = {sampler.resample}: a conditional model never resamples; use 0")
     if known_clean and not conditional:
         raise GPEngineError("clean known voxels in x_t are a conditional model's convention")
     return SamplerSetup(rs, schedule_from_sampler(sampler, schedule.T), clip_x0, bool(conditional), eta, sharpen,

@@ -141,9 +141,26 @@ def test_conditional_sampler_walk_condition_and_known_voxels():
     known = mask.astype(bool)
     np.testing.assert_array_equal(x[known], x0[known])
     assert np.isfinite(x).all() and not np.array_equal(x[~known], x0[~known])
-    with pytest.raises(GPEngineError, match="never resamples"):
-        repaint.make_setup(linear_schedule(250), SimpleNamespace(steps=12, resample=2, jump=1, tail=0),
-                           conditional=True)
+    # resampling: RePaint's re-noise/denoise repeats on the unknown voxels; with clean known voxels the
+    # network sees them exact at every evaluation, and the walk costs what count_evaluations says
+    rs = repaint.make_setup(linear_schedule(250), SimpleNamespace(steps=12, resample=2, jump=1, tail=0),
+                            conditional=True, known_clean=True)
+    assert rs.evaluations == repaint.count_evaluations(12, 2, 1, 0) == 12 + 2 * 11
+
+    class Seeing(_CondEngine):
+        def __init__(self):
+            super().__init__()
+            self.xs = []
+
+        def predict_eps(self, x, t, cond=None):
+            self.xs.append(x.copy())
+            return super().predict_eps(x, t, cond)
+
+    eng = Seeing()
+    xr = repaint.sample_batch(eng, x0, mask, np.array([0, 1, 2]), 3, rs)
+    assert len(eng.xs) == rs.evaluations and all(np.array_equal(x[known], x0[known]) for x in eng.xs)
+    np.testing.assert_array_equal(xr[known], x0[known])
+    assert np.isfinite(xr).all() and float(np.abs(xr[~known] - x[~known]).max()) > 1e-2
 
 
 def test_sampler_presets_and_model_kind_errors():
@@ -154,17 +171,20 @@ def test_sampler_presets_and_model_kind_errors():
     s = plan.sampler
     assert (s.steps, s.resample, s.eta) == (25, 0, 0.0)
     assert repaint.count_evaluations(s.steps, s.resample, s.jump, s.tail) == 25
-    for bad, field in (({"preset": "conditional", "resample": 2}, "sampler.resample"),
+    r1 = load_plan({"version": 1, "geometry": {"shape": [40, 40, 40]},
+                    "sampler": {"preset": "conditional", "resample": 1}}).sampler
+    assert repaint.count_evaluations(r1.steps, r1.resample, r1.jump, r1.tail) == 50 + 49  # ≤ 100 per block
+    for bad, field in (({"preset": "conditional", "resample": 2, "eta": 0}, "sampler.eta"),
                        ({"preset": "conditional", "eta": 2}, "sampler.eta"),
                        ({"preset": "fast", "eta": 0.0}, "sampler.eta")):
         with pytest.raises(GPEngineError, match=field.replace(".", r"\.")):
             load_plan({"version": 1, "geometry": {"shape": [40, 40, 40]}, "sampler": bad})
     with pytest.raises(GPEngineError, match="preset 'fast' is for unconditional"):
-        check_sampler_fits("conditional", "fast", 2)
+        check_sampler_fits("conditional", "fast")
     with pytest.raises(GPEngineError, match="needs a conditional model"):
-        check_sampler_fits("unconditional", "conditional", 0)
-    check_sampler_fits("conditional", "conditional", 0)
-    check_sampler_fits("unconditional", "paper", 10)
+        check_sampler_fits("unconditional", "conditional")
+    check_sampler_fits("conditional", "conditional")
+    check_sampler_fits("unconditional", "paper")
 
 
 # ------------------------------------------------------------------ trainer, export, backends
@@ -225,8 +245,8 @@ def test_conditional_build_onnx_and_backends_agree(cond_run, tmp_path):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for clean in (True, False):
-            setup = repaint.make_setup(linear_schedule(250), SimpleNamespace(steps=6, resample=0, jump=1, tail=0),
+        for clean, r in ((True, 0), (False, 0), (True, 1), (False, 1)):
+            setup = repaint.make_setup(linear_schedule(250), SimpleNamespace(steps=6, resample=r, jump=1, tail=0),
                                        conditional=True, known_clean=clean)
             cpu = repaint.sample_batch(eng, x0, mask, np.array([5, 6, 7]), 11, setup)
             dev = TorchEngine(model, batch_size=4, device="cpu").sample_batch(
