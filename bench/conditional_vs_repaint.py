@@ -60,7 +60,10 @@ def sampler_for(setting: str) -> dict:
     if not m or (m.group(2) is not None and (m.group(3) or m.group(5))):
         raise SystemExit(f"conditional_vs_repaint: setting {setting!r} is unknown; use fast, balanced or paper (with optional "
                          "-sSTEPS -rRESAMPLE -jJUMP), condN (optional -rRESAMPLE), each with optional -etaE and -kK")
-    out = {"preset": m.group(1)} if m.group(2) is None else {"preset": "conditional", "steps": int(m.group(2))}
+    # condN is N steps without resampling unless -rR says otherwise (the preset itself resamples since the
+    # eleventh session; the rows' names keep their meaning)
+    out = ({"preset": m.group(1)} if m.group(2) is None
+           else {"preset": "conditional", "steps": int(m.group(2)), "resample": 0})
     for group, key in ((3, "steps"), (4, "resample"), (5, "jump")):
         if m.group(group) is not None:
             out[key] = int(m.group(group))

@@ -167,13 +167,16 @@ def test_sampler_presets_and_model_kind_errors():
     from gp_engine.plan_config import load_plan
 
     plan = load_plan({"version": 1, "geometry": {"shape": [40, 40, 40]},
-                      "sampler": {"preset": "conditional", "steps": 25, "eta": 0}})
+                      "sampler": {"preset": "conditional", "steps": 25, "resample": 0, "eta": 0}})
     s = plan.sampler
     assert (s.steps, s.resample, s.eta) == (25, 0, 0.0)
     assert repaint.count_evaluations(s.steps, s.resample, s.jump, s.tail) == 25
     r1 = load_plan({"version": 1, "geometry": {"shape": [40, 40, 40]},
-                    "sampler": {"preset": "conditional", "resample": 1}}).sampler
-    assert repaint.count_evaluations(r1.steps, r1.resample, r1.jump, r1.tail) == 50 + 49  # ≤ 100 per block
+                    "sampler": {"preset": "conditional", "steps": 50, "resample": 1}}).sampler
+    assert repaint.count_evaluations(r1.steps, r1.resample, r1.jump, r1.tail) == 50 + 49
+    d = load_plan({"version": 1, "geometry": {"shape": [40, 40, 40]}, "sampler": {"preset": "conditional"}}).sampler
+    assert (d.steps, d.resample, d.tail) == (34, 2, 0)
+    assert repaint.count_evaluations(d.steps, d.resample, d.jump, d.tail) == 100  # the budget per block
     for bad, field in (({"preset": "conditional", "resample": 2, "eta": 0}, "sampler.eta"),
                        ({"preset": "conditional", "eta": 2}, "sampler.eta"),
                        ({"preset": "fast", "eta": 0.0}, "sampler.eta")):
@@ -271,7 +274,7 @@ def test_generate_refuses_a_preset_that_does_not_fit_the_model(cond_run, tmp_pat
     plan["sampler"] = {"preset": "conditional", "steps": 4}
     plan["outputs"]["dir"] = str(tmp_path / "o2")
     res = generate(plan, progress=False)
-    assert res["timing"]["evaluations_per_block"] == 4
+    assert res["timing"]["evaluations_per_block"] == 4 + 2 * 3  # the preset resamples twice per step
     ids = np.load(tmp_path / "o2" / "grains.npy")
     assert ids.shape == (36, 36, 36) and ids.min() >= 1
     import json

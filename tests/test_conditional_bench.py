@@ -20,14 +20,16 @@ def _evaluations(setting: str) -> int:
 def test_setting_names():
     assert sampler_for("fast") == {"preset": "fast"}
     assert sampler_for("paper-k4") == {"preset": "paper", "sharpen_x0": 4.0}
-    assert sampler_for("cond50-eta0.5") == {"preset": "conditional", "steps": 50, "eta": 0.5}
+    assert sampler_for("cond50-eta0.5") == {"preset": "conditional", "steps": 50, "resample": 0, "eta": 0.5}
+    assert sampler_for("cond34-r2") == {"preset": "conditional", "steps": 34, "resample": 2}
+    assert _evaluations("cond50") == 50 and _evaluations("cond34-r2") == 34 + 2 * 33
     assert sampler_for("fast-r4-j10-k2") == {"preset": "fast", "resample": 4, "jump": 10, "sharpen_x0": 2.0}
     # fast: 50 steps, tail 5; jump points j = 5, 15, 25, 35 for jump 10 (j + 10 <= 49), each walked r times
     assert _evaluations("fast") == 50 + 2 * 1 * 44
     assert _evaluations("fast-j10") == 50 + 2 * 10 * 4
     assert _evaluations("fast-r4-j10") == 50 + 4 * 10 * 4
     assert _evaluations("fast-s100-r0") == 100
-    for bad in ("cond50-j10", "cond50-r2", "slow", "fast-j"):
+    for bad in ("cond50-j10", "cond50-s20", "slow", "fast-j"):
         with pytest.raises(SystemExit, match="unknown"):
             sampler_for(bad)
 

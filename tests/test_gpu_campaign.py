@@ -41,7 +41,7 @@ def test_gpu_campaign_dry_run(tmp_path):
     assert pp["projected_100_cubed_s"] == pytest.approx(8 * pp["seconds_per_block"], rel=0.02)
     assert "one 32³ block (ext500 lineage" in md
     qc = stages["quality_conditional_ext500"]
-    assert qc["preset"] == "conditional" and qc["runs"][0]["evaluations_per_block"] == 4
+    assert qc["preset"] == "conditional" and qc["runs"][0]["evaluations_per_block"] == 4 + 2 * 3  # r = 2
 
 
 def test_gpu_campaign_rejects_an_unknown_lineage(tmp_path):

@@ -213,12 +213,14 @@ def test_auto_sampler_preset_follows_the_model_kind():
     plan = load_plan(_with(sampler={"steps": 100}))
     assert plan.sampler.preset == "auto"
     cond = resolve_sampler(plan.sampler, "conditional")
-    assert (cond.preset, cond.steps, cond.resample) == ("conditional", 100, 0)
+    assert (cond.preset, cond.steps, cond.resample) == ("conditional", 100, 2)
     unc = resolve_sampler(plan.sampler, "unconditional")
     assert (unc.preset, unc.steps, unc.resample, unc.tail) == ("paper", 100, 10, 10)
     assert resolve_sampler(load_plan(_with(sampler={"preset": "fast"})).sampler, "conditional").preset == "fast"
-    with pytest.raises(GPEngineError, match="sampler.resample"):  # checked once the model is known
-        resolve_sampler(load_plan(_with(sampler={"resample": 3})).sampler, "conditional")
+    assert resolve_sampler(load_plan(_with(sampler={"resample": 3})).sampler, "conditional").resample == 3
+    with pytest.raises(GPEngineError, match="sampler.eta"):  # checked once the model is known
+        resolve_sampler(load_plan(_with(sampler={"eta": 0.0})).sampler, "conditional")
+    assert resolve_sampler(load_plan(_with(sampler={"eta": 0.0, "resample": 0})).sampler, "conditional").eta == 0.0
 
 
 def test_sharpen_x0_field():
