@@ -11,9 +11,11 @@ step), so the empty mask turns a conditional model back into an unconditional on
 model warm-starts from an unconditional checkpoint with zero weights on the new input channels
 (:func:`widen_state_dict`) and computes exactly the same function at step 0.
 
-The loss is taken on unknown voxels only (the known ones are pasted back exactly at the end), and the
-sampler needs no resampling: the plan preset ``conditional`` walks a strided DDPM/DDIM chain
-(``steps`` evaluations per block).
+The loss is taken on unknown voxels only (the known ones are pasted back exactly at the end). The
+sampler needs no resampling to see the known voxels, but RePaint's repeats on the unknown ones still
+improve the grains, so the plan preset ``conditional`` walks 34 DDPM steps with two resamples each
+(100 evaluations per block; ``"resample": 0`` gives the plain strided DDPM/DDIM chain, ``steps``
+evaluations per block).
 """
 
 from __future__ import annotations
