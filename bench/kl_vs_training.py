@@ -43,14 +43,15 @@ def blocks_seen(training: dict) -> int | None:
     return int(training["samples_seen"]) + int(parent.get("samples_seen") or 0)
 
 
-def select(rows: list[dict], setting: str, min_size: int, lineage: str) -> dict[str, list[tuple]]:
-    """``{box: [(blocks, model, {kl...}), ...]}`` sorted by blocks, for the matching rows."""
+def select(rows: list[dict], setting: str, min_size: int, lineage: str, min_volumes: int = 4) -> dict[str, list[tuple]]:
+    """``{box: [(blocks, model, {kl...}), ...]}`` sorted by blocks, for the matching rows scored on at least
+    ``min_volumes`` volumes (one or two volumes differ by more than a step of training moves the KL)."""
     pat = re.compile(lineage)
     out: dict[str, list[tuple]] = {}
     for r in rows:
         if (r.get("model_kind", "unconditional") != "unconditional" or r["setting"] != setting
                 or not r.get("split_necks") or (r.get("segmentation") or {}).get("min_size") != min_size
-                or not pat.search(r["model"])):
+                or not pat.search(r["model"]) or int(r["volumes"]) < min_volumes):
             continue
         n = blocks_seen(r.get("model_training") or {})
         if n is None:
@@ -111,6 +112,7 @@ def plot(groups: dict[str, list[tuple]], floor: dict | None, path: Path) -> None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (matplotlib.ticker below)
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=100)
     for ax, k in zip(axes, KEYS):
@@ -127,6 +129,10 @@ def plot(groups: dict[str, list[tuple]], floor: dict | None, path: Path) -> None
             ax.axhline(floor[k], color="gray", ls=":", lw=0.8, label="SPPARKS floor")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        lo, hi = ax.get_xlim()
+        ticks = [m * 10 ** e for e in range(4, 9) for m in (1, 2, 5) if lo <= m * 10 ** e <= hi]
+        ax.set_xticks(ticks, [f"{t / 1e3:,.0f}k" for t in ticks])
         ax.set_xlabel("training blocks seen by the lineage")
         ax.set_title(k.replace("_", " ") + " (dotted: power-law fit)", fontsize=9)
         ax.grid(alpha=0.3, which="both")
@@ -143,12 +149,13 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", default=str(ROWS_JSON))
     ap.add_argument("--setting", default="fast")
     ap.add_argument("--min-size", type=int, default=20)
+    ap.add_argument("--min-volumes", type=int, default=4, help="rows scored on fewer volumes are left out")
     ap.add_argument("--lineage", default="ext500", help="regular expression the model names must match")
     ap.add_argument("--plot", default=str(PLOT))
     ap.add_argument("--md", default=str(MD))
     a = ap.parse_args(argv)
     rows = json.loads(Path(a.rows).read_text())
-    groups = select(rows, a.setting, a.min_size, a.lineage)
+    groups = select(rows, a.setting, a.min_size, a.lineage, a.min_volumes)
     if not groups:
         raise SystemExit(f"kl_vs_training: {a.rows} has no rows of setting {a.setting!r} with min_size {a.min_size} "
                          f"for models matching {a.lineage!r}; score some with bench/conditional_vs_repaint.py")
