@@ -101,8 +101,13 @@ def render_md(groups: dict[str, list[tuple]], setting: str, min_size: int, floor
             if fit is None:
                 continue
             reach = blocks_to_reach(fit, TARGETS[k])
-            when = (f"reaches {TARGETS[k]} at ~{reach:,.0f} blocks" if reach and reach > pts[-1][0]
-                    else "already under the target" if pts[-1][2][k] <= TARGETS[k] else "does not fall")
+            last = pts[-1][2][k]
+            if fit[1] >= 0:
+                when = f"does not fall with training (last {last:.3f}, target {TARGETS[k]})"
+            elif last <= TARGETS[k]:
+                when = f"under the target (last {last:.3f}, target {TARGETS[k]})"
+            else:
+                when = f"reaches {TARGETS[k]} at ~{reach:,.0f} blocks ({reach / pts[-1][0]:.0f}x the last model's)"
             lines.append(f"- {box}, {k.replace('_', ' ')}: b = {fit[1]:+.3f} ({len(pts)} models); {when}")
     return "\n".join(lines) + "\n"
 

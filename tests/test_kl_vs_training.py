@@ -11,13 +11,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import kl_vs_training as kvt  # noqa: E402
 
 
-def _row(model, steps, kl_aspect, *, setting="fast", necks=True, min_size=20, kind="unconditional", parent=None,
+def _row(model, steps, kl_aspect, *, kl_volume=0.05, setting="fast", necks=True, min_size=20, kind="unconditional", parent=None,
          volumes=8, shape=(48, 48, 48)):
     training = {"steps": steps, "samples_seen": 8 * steps, "init_from": parent}
     return {"model": model, "model_kind": kind, "setting": setting, "split_necks": necks,
             "segmentation": {"method": "dbscan", "min_size": min_size}, "volumes": volumes, "shape": list(shape),
             "model_training": training,
-            "summary": {"kl_volume": 0.05, "kl_aspect": kl_aspect, "kl_centroid": 0.08}}
+            "summary": {"kl_volume": kl_volume, "kl_aspect": kl_aspect, "kl_centroid": 0.08}}
 
 
 PARENT = {"path": "v5.pt", "step": 5379, "samples_seen": 43032}
@@ -61,14 +61,16 @@ def test_power_fit_matches_numpy_polyfit_on_logs():
 
 
 def test_main_writes_table_and_plot(tmp_path):
-    rows = [_row("ext500-7618", 7618, 0.42, parent=PARENT), _row("ext500-12000", 12000, 0.39, parent=PARENT),
-            _row("ext500-17853", 17853, 0.35, parent=PARENT)]
+    rows = [_row("ext500-7618", 7618, 0.42, kl_volume=0.02, parent=PARENT),
+            _row("ext500-12000", 12000, 0.39, kl_volume=0.04, parent=PARENT),
+            _row("ext500-17853", 17853, 0.35, kl_volume=0.05, parent=PARENT)]
     src = tmp_path / "rows.json"
     src.write_text(json.dumps(rows))
     md, png = tmp_path / "k.md", tmp_path / "k.png"
     assert kvt.main(["--rows", str(src), "--md", str(md), "--plot", str(png)]) == 0
     text = md.read_text()
     assert "| 8×48x48x48 | ext500-17853 | 185,856 | 0.050 | 0.350 | 0.080 |" in text
-    assert "kl aspect: b = -" in text and png.stat().st_size > 10_000
+    assert "kl aspect: b = -" in text and "kl volume: b = +" in text and "does not fall" in text
+    assert png.stat().st_size > 10_000
     with pytest.raises(SystemExit, match="no rows of setting 'paper'"):
         kvt.main(["--rows", str(src), "--setting", "paper", "--md", str(md), "--plot", str(png)])
