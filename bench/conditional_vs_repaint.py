@@ -171,6 +171,13 @@ def _seg_label(seg: dict | None) -> str:
     return f" min {seg['min_size']}" if seg and seg.get("min_size") else ""
 
 
+def _window(seams: dict) -> str:
+    """``net / abs`` seam-window figures of a row's seams (rows from before the thirteenth session: –)."""
+    if not seams or "seam_window_excess" not in seams:
+        return "–"
+    return f"{seams['seam_window_excess']:+.3f} / {seams['seam_window_deviation']:.3f}"
+
+
 def render_md(rows: list[dict], floor: dict | None) -> str:
     fl = (f"SPPARKS-vs-SPPARKS floor (same estimator, 5 vs 5): volume {floor['kl_volume']:.4f}, aspect "
           f"{floor['kl_aspect']:.4f}, centroid {floor['kl_centroid']:.4f}; " if floor else "")
@@ -180,12 +187,15 @@ def render_md(rows: list[dict], floor: dict | None) -> str:
              f"paper Table 1 (r = 10): {PAPER_R10['kl_volume']} / {PAPER_R10['kl_aspect']} / {PAPER_R10['kl_centroid']}. "
              "Seams: boundary density (share of voxel pairs in different grains) and share of grains crossing, on "
              "the planes of the plan's block faces vs all other planes; SPPARKS: the same planes of the validation "
-             "volumes cropped to the box (no seams there: their spread is the noise). vox/min: each run's own "
+             "volumes cropped to the box (no seams there: their spread is the noise). Seam window (±3 planes; rows "
+             "from the thirteenth session on): the boundary density the planes within 3 of each block face hold "
+             "above the planes farther from faces and box faces, net / absolute (bench/seams.py), generated vs "
+             "SPPARKS on the same planes. vox/min: each run's own "
              "timing on the machine named (other work may have shared it).", "",
              "| model | kind | setting | κ | evals/block | box | KL volume | KL aspect | KL centroid | grains | median vol "
              "| voxels in < 20 | seam density | interior density | SPPARKS seam / interior | crossing seam / interior "
-             "| vox/min | device | date | commit |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| seam window net / abs | SPPARKS window net / abs | vox/min | device | date | commit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s, sm, sp = r["summary"], r["seams"], r.get("spparks_seams") or {}
         box = f"{r['volumes']}×{'x'.join(map(str, r['shape']))}"
@@ -199,6 +209,7 @@ def render_md(rows: list[dict], floor: dict | None) -> str:
             f"{s['median_volume']:.0f} | {100 * r['share_voxels_small_grains']:.1f} % | "
             f"{sm['seam_boundary_density']:.3f} | {sm['interior_boundary_density']:.3f} | {spp} | "
             f"{sm['seam_straddling']:.3f} / {sm['interior_straddling']:.3f} | "
+            f"{_window(sm)} | {_window(sp)} | "
             f"{r['voxels_per_min_mean'] or 0:,.0f} | {r['device']['cpu'] if not r['device'].get('gpu') else r['device']['gpu']} | "
             f"{r['date'][:10]} | {r['commit'][:8]} |")
     return "\n".join(lines) + "\n"
