@@ -42,8 +42,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 from provenance import header  # noqa: E402
 from quality_generate import KEYS, SHARED, VALIDATION_SEEDS, floor_figures  # noqa: E402
 from quality_per_compute import grain_figures  # noqa: E402
-from seams import block_seams, plane_report  # noqa: E402
+from seams import block_seams, box_block_corners, plane_report  # noqa: E402
 from stats_floor import PAPER_R10  # noqa: E402
+
+from gp_engine.planner import DEFAULT_MARGIN  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 ROWS_JSON, ROWS_MD = RESULTS / "conditional.json", RESULTS / "conditional.md"
@@ -103,9 +105,16 @@ def spparks_seams(shape, corners) -> dict:
         "seam_boundary_density_sd": float(np.std([f["seam_boundary_density"] for f in figs]))}
 
 
+def volume_tag(model_name: str, setting: str, shape, margin: int) -> str:
+    """The cache folder name of a setting's volumes (``<tag>_seed<i>``): boxes painted with a margin
+    (``geometry.margin``, the default since the thirteenth session) end in ``_m<margin>``, so volumes
+    painted without one, kept from before, are never mistaken for them."""
+    return f"{model_name}_{setting}_{'x'.join(map(str, shape))}" + (f"_m{margin}" if margin else "")
+
+
 def run_setting(setting: str, model: Path | None, shape, volumes: int, work: Path, batch: int, quiet: bool,
-                necks: bool = True) -> dict:
-    from gp_engine.generate import generate, model_min_size, plan_blocks, segment_field, segmentation_kwargs
+                necks: bool = True, margin: int = DEFAULT_MARGIN) -> dict:
+    from gp_engine.generate import generate, model_min_size, segment_field, segmentation_kwargs
     from gp_engine.necks import split_necks
     from gp_engine.runtime import read_model
     from gp_engine.stats import summarize
@@ -115,19 +124,22 @@ def run_setting(setting: str, model: Path | None, shape, volumes: int, work: Pat
     enc = manifest.get("encoding") or {}
     seg_now = segmentation_kwargs(None, enc.get("levels"), enc.get("kind"), model_min_size(manifest))
     sampler = sampler_for(setting)
-    tag = f"{manifest['name']}_{setting}_{'x'.join(map(str, shape))}"
+    tag = volume_tag(manifest["name"], setting, shape, margin)
     grains, timings, seams = [], [], []
-    corners = [b.corner for b in plan_blocks("grid", shape, 32)]
+    corners = box_block_corners(shape, margin)
     for seed in range(volumes):
         out = work / f"{tag}_seed{seed}"
         if not (out / "grains.npy").is_file():
-            plan = {"version": 1, "geometry": {"shape": list(shape)}, "model": str(mdir), "sampler": sampler,
+            plan = {"version": 1, "geometry": {"shape": list(shape), "margin": margin}, "model": str(mdir), "sampler": sampler,
                     "batch_size": batch, "backend": "onnxruntime", "seed": seed,
                     "segmentation": {"split_necks": necks},
                     "outputs": {"dir": str(out), "formats": ["npy", "png"]}}
             resume = (out / "canvas").is_dir()
             generate(plan, out_dir=out, resume=resume, force=not resume, progress=not quiet)
         st = json.loads((out / "stats.json").read_text())
+        if (st.get("painted") or {}).get("margin", 0) != margin:
+            raise SystemExit(f"conditional_vs_repaint: {out} was painted with margin "
+                             f"{(st.get('painted') or {}).get('margin', 0)}, not {margin}: move it away")
         timings.append(st["timing"])
         used = {k: (st.get("segmentation") or {}).get(k) for k in ("method", "min_size")}
         if used != {k: seg_now.get(k) for k in ("method", "min_size")}:  # an older default: segment again
@@ -151,7 +163,7 @@ def run_setting(setting: str, model: Path | None, shape, volumes: int, work: Pat
     small = grain_figures(grains)["share_voxels_small_grains"]
     vpm = [t["voxels_per_min"] for t in timings if t.get("voxels_per_min")]
     return {
-        "setting": setting, "split_necks": bool(necks), "segmentation": seg_now, "sampler": sampler, "model": manifest["name"], "model_kind": manifest.get("model_kind", "unconditional"),
+        "setting": setting, "margin": margin, "split_necks": bool(necks), "segmentation": seg_now, "sampler": sampler, "model": manifest["name"], "model_kind": manifest.get("model_kind", "unconditional"),
         "model_training": {k: (manifest.get("training") or {}).get(k) for k in ("steps", "samples_seen", "cpu_time_s", "init_from")},
         # what the runs really used (runs from before the x̂0 sharpening existed record no sampler: κ = 0)
         "sharpen_x0": (timings[0].get("sampler") or {}).get("sharpen_x0", 0.0),
@@ -202,6 +214,7 @@ def render_md(rows: list[dict], floor: dict | None) -> str:
         spp = (f"{sp['seam_boundary_density']:.3f} / {sp['interior_boundary_density']:.3f}" if sp else "–")
         lines.append(
             f"| {r['model']} | {r['model_kind']} | {r['setting']}{' +necks' if r.get('split_necks') else ''}"
+            f"{f' margin {m}' if (m := r.get('margin', 0)) else ''}"
             f"{_seg_label(r.get('segmentation'))} | "
             f"{r.get('sharpen_x0', 0.0):g} | "
             f"{r['evaluations_per_block']} | {box} | "
@@ -259,6 +272,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-split-necks", dest="split_necks", action="store_false",
                     help="score the segmentation without the cut at thin necks (gp_engine.necks; on by default "
                          "as in plans; volumes kept from a run without it are cut here, the same step)")
+    ap.add_argument("--margin", type=int, default=DEFAULT_MARGIN,
+                    help=f"geometry.margin of the plans (default {DEFAULT_MARGIN}, the engine's; 0 = the boxes of the "
+                         "rows before the thirteenth session)")
     ap.add_argument("--no-row", action="store_true")
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
@@ -268,9 +284,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     cond_dir = model_dir_for(a.conditional, work)
     shape = tuple(a.shape)
-    from gp_engine.generate import plan_blocks
-
-    spp = spparks_seams(shape, [b.corner for b in plan_blocks("grid", shape, 32)]) if max(shape) <= 100 else None
+    spp = spparks_seams(shape, box_block_corners(shape, a.margin)) if max(shape) <= 100 else None
     floor = floor_figures()
     for setting in a.settings:
         t0 = time.time()
@@ -278,7 +292,7 @@ def main(argv=None) -> int:
         if setting.startswith("cond") and model is None:
             raise SystemExit("conditional_vs_repaint: condN settings need --conditional MODEL_OR_CHECKPOINT")
         row = {**header("conditional_vs_repaint", cuda=False),
-               **run_setting(setting, model, shape, a.volumes, work, a.batch_size, a.quiet, a.split_necks),
+               **run_setting(setting, model, shape, a.volumes, work, a.batch_size, a.quiet, a.split_necks, a.margin),
                "spparks_seams": spp, "floor_spparks_5v5": floor, "paper_table1_r10": PAPER_R10,
                "wall_s": time.time() - t0}
         s = row["summary"]
@@ -289,7 +303,7 @@ def main(argv=None) -> int:
             rows = json.loads(ROWS_JSON.read_text()) if ROWS_JSON.is_file() else []
             def key(r):
                 return (r["model"], r["setting"], tuple(r["shape"]), r["volumes"], bool(r.get("split_necks")),
-                        (r.get("segmentation") or {}).get("min_size"))
+                        (r.get("segmentation") or {}).get("min_size"), r.get("margin", 0))
             rows = [r for r in rows if key(r) != key(row)] + [row]
             RESULTS.mkdir(parents=True, exist_ok=True)
             ROWS_JSON.write_text(json.dumps(rows, indent=1) + "\n")

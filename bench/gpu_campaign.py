@@ -181,9 +181,11 @@ def env_info() -> dict:
 
 
 def plan_for(model_dir: Path, shape, preset: str, steps: int | None, batch: int, backend: str, seed: int,
-             out: Path, segmentation: dict | None) -> dict:
-    """The generation plan of one campaign volume (PNG pictures and the .npy volumes, which stay behind)."""
-    plan = {"version": 1, "geometry": {"shape": list(shape)}, "model": str(model_dir),
+             out: Path, segmentation: dict | None, margin: int | None = None) -> dict:
+    """The generation plan of one campaign volume (PNG pictures and the .npy volumes, which stay behind);
+    ``margin``: geometry.margin (None: the engine's default)."""
+    geometry = {"shape": list(shape)} | ({} if margin is None else {"margin": margin})
+    plan = {"version": 1, "geometry": geometry, "model": str(model_dir),
             "sampler": {"preset": preset, **({"steps": steps} if steps else {})}, "batch_size": batch,
             "backend": backend, "seed": seed, "outputs": {"dir": str(out), "formats": ["npy", "png"]}}
     if segmentation:
@@ -193,17 +195,17 @@ def plan_for(model_dir: Path, shape, preset: str, steps: int | None, batch: int,
 
 def quality(model_dir: Path, data: Path, out: Path, preset: str, volumes: int, shape, backend: str,
             batch: int, progress: bool, segmentation: dict | None = None, steps: int | None = None) -> dict:
-    from gp_engine.generate import generate, plan_blocks
+    from gp_engine.generate import generate
     from gp_engine.stats import summarize
     from gp_engine.volume_io import read_volume
-    from seams import block_seams, plane_report
+    from seams import block_seams, box_block_corners, plane_report
 
     grains, runs, seams = [], [], []
-    corners = [b.corner for b in plan_blocks("grid", tuple(shape), 32)]
     for i in range(volumes):
         o = out / f"seed{i}"
         res = generate(plan_for(model_dir, shape, preset, steps, batch, backend, i, o, segmentation),
                        out_dir=o, force=True, progress=progress)
+        corners = box_block_corners(tuple(shape), res["stats"]["painted"]["margin"])
         runs.append({k: res["timing"][k] for k in ("seconds", "voxels_per_min", "backend",
                                                    "evaluations_per_block", "blocks")})
         grains.append(np.load(o / "grains.npy"))
@@ -408,7 +410,8 @@ def main(argv=None) -> int:
     if "build" not in skip:
         camp.stage("build", build_stage, need_s=20)
 
-    shape = [32] * 3 if dry else [100] * 3
+    # dry run: a 28³ box, painted with the default 2-voxel margin as one 32³ block
+    shape = [28] * 3 if dry else [100] * 3
     # dry run: a model trained for seconds paints noise; keep every fragment so the statistics exist
     seg = {"method": "levels", "min_size": 1} if dry else None
     for n in names:
@@ -430,7 +433,7 @@ def main(argv=None) -> int:
         p_preset = "fast" if dry else ("conditional" if LINEAGES[pl].conditional else "paper")
         o = out / "paper"
         steps = 4 if dry and LINEAGES[pl].conditional else None
-        res = generate(plan_for(model_dir(pl), [32] * 3, p_preset, steps, 8, backend, 0, o, seg),
+        res = generate(plan_for(model_dir(pl), [32] * 3, p_preset, steps, 8, backend, 0, o, seg, margin=0),
                        out_dir=o, force=True, progress=not dry)
         tm = res["timing"]
         stages = len({b.stage for b in plan_blocks("grid", (100, 100, 100), 32)})

@@ -91,6 +91,17 @@ def tile_seams(n: tuple[int, int, int]) -> Callable[[int, int], bool]:
     return lambda axis, i: (i + 1) % n[axis] == 0
 
 
+def box_block_corners(shape, margin: int, block: int = 32) -> list[tuple[int, int, int]]:
+    """Corners of the grid plan's blocks in the coordinates of a box painted with ``margin`` voxels beyond
+    its faces (``geometry.margin``; gp_engine.planner.painted_box): the plan lies on the painted box and
+    the box is cut out at the margin, so its block faces sit ``margin`` lower."""
+    from gp_engine.generate import plan_blocks
+    from gp_engine.planner import painted_box
+
+    painted, off = painted_box(shape, margin)
+    return [tuple(int(c) - o for c, o in zip(b.corner, off)) for b in plan_blocks("grid", painted, block)]
+
+
 def block_seams(corners: Iterable, shape, block: int = 32) -> Callable[[int, int], bool]:
     """Seam planes of a block plan: every block face inside the volume (between slices c-1 | c and
     c+block-1 | c+block for each block corner c along each axis)."""
@@ -103,4 +114,4 @@ def block_seams(corners: Iterable, shape, block: int = 32) -> Callable[[int, int
     return lambda axis, i: i in planes[axis]
 
 
-__all__ = ["plane_figures", "plane_profile", "window_excess", "plane_report", "tile_seams", "block_seams"]
+__all__ = ["plane_figures", "plane_profile", "window_excess", "plane_report", "tile_seams", "box_block_corners", "block_seams"]

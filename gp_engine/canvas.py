@@ -296,6 +296,8 @@ class Canvas:
             old.setdefault("noise", LEGACY_STREAM)
         if "backend" in meta:
             old.setdefault("backend", meta["backend"])
+        if "margin" in meta:  # canvases from before margins were painted without one
+            old.setdefault("margin", 0)
         diff = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
         if diff:
             detail = "; ".join(f"{k}: run has {old.get(k)!r}, now {meta.get(k)!r}" for k in diff)

@@ -176,6 +176,9 @@ def _as_dict(obj):
 def plan_hash(plan) -> str:
     """Hash of everything that determines the voxels (not outputs, backend or progress)."""
     d = dict(_as_dict(plan))
+    geo = d.get("geometry")
+    if isinstance(geo, dict) and geo.get("margin") is None:  # plans that leave it out hash as before it existed
+        d["geometry"] = {k: v for k, v in geo.items() if k != "margin"}
     for k in ("outputs", "backend", "reference", "segmentation", "source", "checkpoint_every", "orientations"):
         d.pop(k, None)
     blob = json.dumps(d, sort_keys=True, default=str).encode()
@@ -191,6 +194,19 @@ def model_id(model_dir: Path, manifest: dict) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:16]
+
+
+def _canvas_margin(out: Path, default: int) -> int:
+    """The margin the canvas to resume in ``out`` was painted with: 0 for canvases from before margins,
+    ``default`` where there is no readable canvas (Canvas.resume then says what is wrong)."""
+    for cdir in (out / "canvas.new", Canvas.path(out)):
+        try:
+            meta = json.loads((cdir / "state.json").read_text()).get("meta")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(meta, dict):
+            return int(meta.get("margin", 0))
+    return default
 
 
 def plan_blocks(plan_kind: str, shape, block: int, mask: np.ndarray | None = None, periodic=None):
@@ -460,10 +476,16 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
     # SPPARKS references wrap round like a periodic run; a non-periodic run is compared with them
     # split at their faces, as the paper does
     ref_stats = reference_stats(getattr(plan, "reference", None), periodic if any(periodic) else None)
-    from .geometry import part_mask
+    from .geometry import paint_region, part_mask
+    from .planner import painted_box
 
-    padded = canvas_shape(shape, 32, periodic)  # thin boxes are planned on a canvas padded to one block
-    mask, part = part_mask(plan, padded)  # a CAD part: voxelized (and a broken mesh refused) before any work
+    margin = plan.geometry.painted_margin
+    if resume and plan.geometry.margin is None:  # a canvas from before margins goes on without one
+        margin = _canvas_margin(out, margin)
+    painted, off = painted_box(shape, margin, periodic)  # the box cut out of a larger painted one
+    padded = canvas_shape(painted, 32, periodic)  # thin boxes are planned on a canvas padded to one block
+    mask, part = part_mask(plan, padded, off)  # a CAD part: voxelized (and a broken mesh refused) before any work
+    crop = tuple(slice(o, o + n) for o, n in zip(off, shape))
 
     # 3. the folder is ours from here on: marked and locked for the whole run
     run_dir.claim(out, getattr(plan, "source", None))
@@ -487,11 +509,12 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
                                    self_cond=uses_self_cond(manifest))
         if block != 32:
             raise GPEngineError(f"{model_dir}: block_size {block} is not supported (only 32)")
-        blocks = plan_blocks(getattr(plan, "plan_kind", "grid"), shape, block, mask, periodic)
+        blocks = plan_blocks(getattr(plan, "plan_kind", "grid"), painted, block,
+                             None if mask is None else paint_region(mask, margin), periodic)
         batches = make_batches(blocks, B)
         seed = int(getattr(plan, "seed", 0) or 0)
         meta = {"plan_hash": plan_hash(plan), "seed": seed, "model": model_id(model_dir, manifest),
-                "shape": list(padded), "batch_size": B, "batches": len(batches)}
+                "shape": list(padded), "batch_size": B, "batches": len(batches), "margin": margin}
         own_engine = engine is None
         if engine is None:  # before the canvas: a bad backend fails fast
             from .runtime import choose_backend
@@ -525,7 +548,9 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
             speed.record(backend_name, meta["model"], B,
                          timing["batches_run"] * timing["evaluations_per_block"] / timing["seconds"],
                          timing["block_evaluations_per_s"])
-        raw = canvas.values[..., :shape[0], :shape[1], :shape[2]]
+        # the painted box, margin included: grains at the requested box's faces are segmented with the
+        # voxels beyond them, then cut out
+        raw = canvas.values[..., :painted[0], :painted[1], :painted[2]]
         if raw.size <= IN_RAM_VOXELS * channels:
             raw = np.ascontiguousarray(raw)
         field = raw
@@ -537,11 +562,12 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
         grain_ids = segment_field(field, seg_plan, canvas.dir.parent, progress,
                                   enc.get("levels"), enc.get("kind"), canvas_dir=canvas.dir, periodic=periodic,
                                   auto_min_size=auto_min_size)
-        inside = None
-        if mask is not None:  # grain id 0 outside the part; grains split where the surface cuts them
-            from .grains import split_grains
+        if any(off):
+            raw, field, grain_ids = raw[(Ellipsis,) + crop], field[crop], grain_ids[crop]
+        inside = None if mask is None else np.ascontiguousarray(mask[crop])
+        if inside is not None or any(off):  # grain id 0 outside the part; grains split where the surface
+            from .grains import split_grains  # or the cut-out's faces cut them
 
-            inside = np.ascontiguousarray(mask[:shape[0], :shape[1], :shape[2]])
             grain_ids = split_grains(grain_ids, mask=inside)
         necks = None
         if _seg_setting(seg_plan, "split_necks", True):
@@ -553,7 +579,8 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
                                     progress=progress, report=necks)
         # outputs first (into staging, then swapped in), statistics after
         stats = {"summary": None, "status": "statistics pending", "timing": timing,
-                 "plan_hash": meta["plan_hash"], "seed": seed, "shape": list(shape), "model": str(model_dir)}
+                 "plan_hash": meta["plan_hash"], "seed": seed, "shape": list(shape), "model": str(model_dir),
+                 "painted": {"shape": list(painted), "margin": margin}}
         # the segmentation as resolved for this model (auto -> method and min_size)
         stats["segmentation"] = segmentation_kwargs(seg_plan, enc.get("levels"), enc.get("kind"), auto_min_size)
         if necks is not None:
@@ -562,7 +589,7 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
             geo = plan.geometry
             stats["part"] = {"stl": str(geo.stl), "pitch": geo.pitch, "voxels_inside": int(inside.sum()),
                              "fill": float(inside.mean()), "blocks": len(blocks),
-                             "blocks_full_box": len(plan_blocks(getattr(plan, "plan_kind", "grid"), shape, block)),
+                             "blocks_full_box": len(plan_blocks(getattr(plan, "plan_kind", "grid"), painted, block)),
                              "repairs": list(part.repairs)}
         staging = run_dir.new_staging(out)
         written = write_results(staging, field, grain_ids, formats, stats,

@@ -236,20 +236,32 @@ def voxelize(part: Part, where: str = "geometry") -> np.ndarray:
     return mask
 
 
-def part_mask(plan, canvas: tuple[int, int, int] | None = None):
-    """(mask on the (padded) canvas, :class:`Part`) of a plan's ``stl`` geometry; (None, None) for a box.
-    The mesh is read and repaired once: callers take its repairs from the returned part."""
+def part_mask(plan, canvas: tuple[int, int, int] | None = None, offset=(0, 0, 0)):
+    """(mask on the canvas, :class:`Part`) of a plan's ``stl`` geometry; (None, None) for a box. The part's
+    box sits at ``offset`` in the canvas (the painted margin, :func:`gp_engine.planner.painted_box`; the
+    canvas is also padded to one block where the part is thinner). The mesh is read and repaired once:
+    callers take its repairs from the returned part."""
     geo = plan.geometry
     if getattr(geo, "stl", None) is None:
         return None, None
     where = str(getattr(plan, "source", None) or "plan") + ": geometry"
     part = geo.part(where)
     mask = voxelize(part, where)
-    if canvas is not None and tuple(canvas) != mask.shape:  # thin parts: canvas padded to one block
-        padded = np.zeros(tuple(canvas), bool)
-        padded[:mask.shape[0], :mask.shape[1], :mask.shape[2]] = mask
-        mask = padded
+    if canvas is not None and (tuple(canvas) != mask.shape or any(offset)):
+        placed = np.zeros(tuple(canvas), bool)
+        placed[tuple(slice(o, o + n) for o, n in zip(offset, mask.shape))] = mask
+        mask = placed
     return mask, part
+
+
+def paint_region(mask: np.ndarray, margin: int) -> np.ndarray:
+    """The voxels a part's plan must paint: the part and every voxel within ``margin`` of it (26-neighbour
+    steps), so that grains at its surface are painted and segmented with their surroundings."""
+    if margin <= 0:
+        return mask
+    from scipy import ndimage
+
+    return ndimage.binary_dilation(mask, structure=np.ones((3, 3, 3), bool), iterations=int(margin))
 
 
 def surface_voxels(mask: np.ndarray) -> np.ndarray:
@@ -260,4 +272,4 @@ def surface_voxels(mask: np.ndarray) -> np.ndarray:
     return mask & ~inner
 
 
-__all__ = ["Part", "part_mask", "surface_voxels", "load_mesh", "load_part", "voxelize", "rotation_matrix"]
+__all__ = ["Part", "part_mask", "paint_region", "surface_voxels", "load_mesh", "load_part", "voxelize", "rotation_matrix"]

@@ -92,14 +92,26 @@ class GeometryConfig:
     offset: tuple[int, int, int] | None = None
     mesh_sha256: str | None = None   # of the mesh file: a changed part never resumes an old canvas
     periodic: tuple[bool, bool, bool] = (False, False, False)
+    #: voxels painted beyond each non-periodic face and cropped away; None = planner.DEFAULT_MARGIN
+    margin: int | None = None
+
+    @property
+    def painted_margin(self) -> int:
+        """The margin a run paints: the plan's, or :data:`gp_engine.planner.DEFAULT_MARGIN`."""
+        from .planner import DEFAULT_MARGIN
+
+        return DEFAULT_MARGIN if self.margin is None else int(self.margin)
 
     def to_dict(self) -> dict[str, Any]:
         if self.stl is None:
-            return {"shape": list(self.shape), "periodic": list(self.periodic)}
-        d: dict[str, Any] = {"stl": str(self.stl), "rotation": list(self.rotation), "shape": list(self.shape)}
-        d["pitch" if self.size is None else "size"] = self.pitch if self.size is None else self.size
-        if self.offset is not None:
-            d["offset"] = list(self.offset)
+            d: dict[str, Any] = {"shape": list(self.shape), "periodic": list(self.periodic)}
+        else:
+            d = {"stl": str(self.stl), "rotation": list(self.rotation), "shape": list(self.shape)}
+            d["pitch" if self.size is None else "size"] = self.pitch if self.size is None else self.size
+            if self.offset is not None:
+                d["offset"] = list(self.offset)
+        if self.margin is not None:
+            d["margin"] = self.margin
         return d
 
     def part(self, where: str = "geometry"):
@@ -294,7 +306,11 @@ def _geometry(where: str, value: Any, base: Path) -> GeometryConfig:
     example = '"geometry": {"shape": [64, 64, 64]}'
     example_stl = '"geometry": {"stl": "part.stl", "size": 128}'
     obj = _as_object(where, "geometry", value, example)
-    _check_keys(where, "geometry", obj, ("shape", "stl", "pitch", "size", "rotation", "offset", "periodic"))
+    _check_keys(where, "geometry", obj, ("shape", "stl", "pitch", "size", "rotation", "offset", "periodic", "margin"))
+    margin = None
+    if "margin" in obj:
+        margin = _as_int(where, "geometry.margin", obj["margin"], 0, 16, '"geometry": {"shape": [64, 64, 64], "margin": 2}',
+                         " (voxels painted beyond each face and cropped away; 0 = none)")
     periodic = obj.get("periodic", False)
     if isinstance(periodic, bool):
         periodic = (periodic,) * 3
@@ -320,7 +336,7 @@ def _geometry(where: str, value: Any, base: Path) -> GeometryConfig:
             if p and n < 32:
                 raise _bad(where, f"geometry.shape[{axis}]", n, "must be at least 32 voxels on a periodic axis "
                            "(one block); cheapest at multiples of 48", '"geometry": {"shape": [96, 96, 96], "periodic": true}')
-        return GeometryConfig(shape, periodic=periodic)  # type: ignore[arg-type]
+        return GeometryConfig(shape, periodic=periodic, margin=margin)  # type: ignore[arg-type]
     if any(periodic):
         raise GPEngineError(f"{where}: geometry.periodic applies to boxes, not to a CAD part (geometry.stl); "
                             "remove one of them")
@@ -354,7 +370,8 @@ def _geometry(where: str, value: Any, base: Path) -> GeometryConfig:
     from .geometry import load_part
 
     part = load_part(stl, pitch, size, rotation, shape, offset, f"{where}: geometry")
-    return GeometryConfig(part.shape, stl, part.pitch, size, rotation, offset, part.sha256)  # type: ignore[arg-type]
+    return GeometryConfig(part.shape, stl, part.pitch, size, rotation, offset, part.sha256,  # type: ignore[arg-type]
+                          margin=margin)
 
 
 def _sampler(where: str, value: Any) -> SamplerConfig:

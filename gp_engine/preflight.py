@@ -10,7 +10,8 @@ The figures are deliberately generous upper bounds (measured on the CPU backend)
 * a batch: the sampler's arrays (``SAMPLER_ARRAYS`` float32 copies of a C-channel 32³ block) plus the
   network's activations, ``ACTIVATION_COPIES`` live tensors per U-Net level of width w at (32/2^l)³;
 * segmentation: in RAM up to ``generate.IN_RAM_VOXELS`` voxels (``SEGMENT_BYTES_PER_VOXEL``), tiled
-  in 256³ tiles above;
+  in 256³ tiles above; the cut-out of a box painted with a margin is relabelled in RAM
+  (``SPLIT_BYTES_PER_VOXEL`` of the box);
 * disk: the canvas and every output (``canvas.BYTES_PER_VOXEL``, 4 more per extra channel); a forced
   run keeps the previous run until its replacement exists, so it needs the space of both.
 """
@@ -27,6 +28,7 @@ PLAN_BYTES_PER_BLOCK = 2048
 SAMPLER_ARRAYS = 12
 ACTIVATION_COPIES = 8
 SEGMENT_BYTES_PER_VOXEL = 48
+SPLIT_BYTES_PER_VOXEL = 24
 #: the share of the available memory a run may plan to use
 MEMORY_HEADROOM = 0.8
 #: channel widths assumed for a model whose manifest does not say (the ``small`` preset)
@@ -58,21 +60,24 @@ def _gib(n: float) -> str:
 
 
 def estimate(shape, plan_kind: str, batch_size: int, channels: int = 1, widths=None,
-             block: int = 32, periodic=None) -> dict:
-    """Blocks, voxels, memory (bytes, by part) and disk (bytes) a plan needs."""
+             block: int = 32, periodic=None, margin: int = 0) -> dict:
+    """Blocks, voxels, memory (bytes, by part) and disk (bytes) a plan needs (the box painted with
+    ``margin`` voxels more beyond each non-periodic face, :func:`gp_engine.planner.painted_box`)."""
     from .canvas import BYTES_PER_VOXEL
     from .generate import IN_RAM_VOXELS
-    from .planner import canvas_shape, estimate_blocks
+    from .planner import canvas_shape, estimate_blocks, painted_box
 
-    canvas = canvas_shape(shape, block, periodic)
+    painted, _ = painted_box(shape, margin, periodic)
+    canvas = canvas_shape(painted, block, periodic)
     voxels = canvas[0] * canvas[1] * canvas[2]
-    blocks = estimate_blocks(plan_kind, shape, block, periodic)
+    blocks = estimate_blocks(plan_kind, painted, block, periodic)
     widths = tuple(int(w) for w in (widths or DEFAULT_WIDTHS))
     per_block = SAMPLER_ARRAYS * channels * block ** 3 * 4
     per_block += sum(ACTIVATION_COPIES * w * (block >> level) ** 3 * 4 for level, w in enumerate(widths))
     seg_voxels = voxels if voxels <= IN_RAM_VOXELS else 288 ** 3  # a 256³ tile with its halo
     memory = {"plan": blocks * PLAN_BYTES_PER_BLOCK, "batch": int(batch_size) * per_block,
-              "segmentation": seg_voxels * SEGMENT_BYTES_PER_VOXEL}
+              "segmentation": max(seg_voxels * SEGMENT_BYTES_PER_VOXEL,
+                                  (int(shape[0]) * int(shape[1]) * int(shape[2]) * SPLIT_BYTES_PER_VOXEL) if margin else 0)}
     return {"canvas": canvas, "voxels": voxels, "blocks": blocks, "memory": memory,
             "memory_total": sum(memory.values()), "bytes_per_block": per_block,
             "disk": voxels * (BYTES_PER_VOXEL + 4 * (channels - 1)) + (64 << 20)}
@@ -89,7 +94,8 @@ def check(plan, out_dir: Path | None = None, batch_size: int | None = None, chan
     if B < 1:
         raise GPEngineError(f"{where}: batch_size {B} must be ≥ 1")
     est = estimate(plan.geometry.shape, plan.plan_kind, B, channels, widths,
-                   periodic=getattr(plan.geometry, "periodic", None))
+                   periodic=getattr(plan.geometry, "periodic", None),
+                   margin=getattr(plan.geometry, "painted_margin", 0))
     have = available_memory()
     if have is not None and est["memory_total"] > MEMORY_HEADROOM * have:
         parts = ", ".join(f"{k} {_gib(v)}" for k, v in est["memory"].items())

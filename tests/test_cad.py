@@ -176,8 +176,17 @@ def test_generated_part_respects_its_mask_everywhere(tmp_path):
     assert ids.shape == mask.shape
     assert (ids[~mask] == 0).all() and (ids[mask] > 0).all()
     np.testing.assert_array_equal(split_grains(ids, mask=mask), ids)   # grains are connected in the part
-    known = np.load(out / "canvas" / "known.npy")[:mask.shape[0], :mask.shape[1], :mask.shape[2]]
-    assert known[mask].all()                                             # every part voxel generated
+    # the part sits in a canvas painted with a margin (default 2 voxels beyond the part's box): every part
+    # voxel and every voxel within the margin of one is generated
+    from scipy import ndimage
+
+    m = json.loads((out / "stats.json").read_text())["painted"]["margin"]
+    assert m == 2
+    known = np.load(out / "canvas" / "known.npy").astype(bool)
+    placed = np.zeros(known.shape, bool)
+    placed[m:m + mask.shape[0], m:m + mask.shape[1], m:m + mask.shape[2]] = mask
+    assert known[placed].all()
+    assert known[ndimage.binary_dilation(placed, np.ones((3, 3, 3), bool), iterations=m)].all()
     from gp_engine.volume_io import read_spparks_dump, read_vti
 
     np.testing.assert_array_equal(read_vti(out / "grains.vti"), ids)

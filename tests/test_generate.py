@@ -185,11 +185,16 @@ def test_generate_end_to_end_with_kill_and_resume(tmp_path):
     assert ids.min() >= 1
     stats = json.loads((tmp_path / "ref/stats.json").read_text())  # strict JSON (no NaN)
     assert stats["summary"]["grains"] >= 1 and stats["timing"]["blocks"] == 8
-    # the plan's segmentation, then the cut at thin necks (on by default)
+    # the plan's segmentation of the painted box (the default 2-voxel margin: 44³, kept in the canvas),
+    # the 40³ box cut out of it and relabelled, then the cut at thin necks (on by default)
+    from gp_engine.grains import split_grains
     from gp_engine.necks import split_necks
     from gp_engine.segment import segment
 
-    plain = segment(ref_field, method="dbscan", eps=1.9, min_samples=5, value_scale=32.0)
+    painted = np.load(tmp_path / "ref/canvas/values.npy")
+    assert painted.shape == (44, 44, 44) and stats["painted"] == {"shape": [44, 44, 44], "margin": 2}
+    np.testing.assert_array_equal(painted[2:42, 2:42, 2:42], ref_field)
+    plain = split_grains(segment(painted, method="dbscan", eps=1.9, min_samples=5, value_scale=32.0)[2:42, 2:42, 2:42])
     np.testing.assert_array_equal(ids, split_necks(plain))
     assert stats["split_necks"]["grains_cut"] >= 1 and not np.array_equal(ids, plain)
     off = json.loads(plan.read_text())
@@ -214,6 +219,50 @@ def test_generate_end_to_end_with_kill_and_resume(tmp_path):
     plan.write_text(json.dumps(json.loads(plan.read_text()) | {"seed": 12}))
     with pytest.raises(GPEngineError, match="seed"):
         generate(str(plan), resume=True, progress=False)
+
+
+def test_painted_box_adds_the_margin_beyond_non_periodic_faces():
+    from gp_engine.planner import painted_box
+
+    assert painted_box((40, 10, 7), 2) == ((44, 14, 11), (2, 2, 2))
+    assert painted_box((40, 48, 7), 3, (False, True, False)) == ((46, 48, 13), (3, 0, 3))
+    assert painted_box((40, 40, 40), 0) == ((40, 40, 40), (0, 0, 0))
+    with pytest.raises(GPEngineError, match="margin"):
+        painted_box((40, 40, 40), -1)
+
+
+def test_a_canvas_from_before_margins_resumes_without_one(tmp_path):
+    """A run started by a gp-engine without margins (canvas meta without "margin", plan without the key)
+    finishes as it began, with no margin; asking for a margin on resume is refused naming it."""
+    from gp_engine.generate import generate, plan_hash
+    from gp_engine.plan_config import load_plan
+
+    plan = write_plan(tmp_path)
+    base = json.loads(plan.read_text())
+    zero = json.loads(json.dumps(base))
+    zero["geometry"]["margin"] = 0
+    ref = generate(zero, out_dir=tmp_path / "ref", progress=False)
+    assert ref["stats"]["painted"] == {"shape": [40, 40, 40], "margin": 0}
+    out = tmp_path / "out"
+    zero_plan = tmp_path / "zero.json"
+    zero_plan.write_text(json.dumps(zero))
+    r = cli(str(zero_plan), env=dict(os.environ, GP_ENGINE_KILL_AFTER_BATCHES="1"))
+    assert r.returncode != 0
+    # what the older gp-engine would have written: no margin in the meta, the hash of the plan as given
+    state_path = out / "canvas/state.json"
+    state = json.loads(state_path.read_text())
+    assert state["meta"].pop("margin") == 0
+    state["meta"]["plan_hash"] = plan_hash(load_plan(plan))
+    state_path.write_text(json.dumps(state))
+    explicit = json.loads(json.dumps(base))
+    explicit["geometry"]["margin"] = 2
+    with pytest.raises(GPEngineError, match="margin"):
+        generate(explicit, resume=True, progress=False)
+    r = cli(str(plan), "--resume")
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(np.load(out / "field.npy"), np.load(tmp_path / "ref/field.npy"))
+    np.testing.assert_array_equal(np.load(out / "grains.npy"), np.load(tmp_path / "ref/grains.npy"))
+    assert json.loads((out / "stats.json").read_text())["painted"]["margin"] == 0
 
 
 def test_auto_segmentation_follows_the_model_encoding():

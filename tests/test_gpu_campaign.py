@@ -33,9 +33,9 @@ def test_gpu_campaign_dry_run(tmp_path):
         "conditional"
     q = stages["quality_ext500"]["summary"]
     assert q["grains"] > 0 and all(q[k] >= 0 for k in ("kl_volume", "kl_aspect", "kl_centroid"))
-    assert stages["quality_ext500"]["seams"] is None  # one 32³ block: no block faces inside
+    assert stages["quality_ext500"]["seams"] is None  # a 28³ box painted as one 32³ block: no block faces inside
     md = (tmp_path / "campaign.md").read_text()
-    assert "## Training (2 lineages side by side" in md and "| conditional_ext500 | conditional | 1×32x32x32 |" in md
+    assert "## Training (2 lineages side by side" in md and "| conditional_ext500 | conditional | 1×28x28x28 |" in md
     pp = stages["paper"]
     assert pp["lineage"] == "ext500" and pp["stages_of_a_100_cubed_volume"] == 8  # the grid plan of 100³
     assert pp["projected_100_cubed_s"] == pytest.approx(8 * pp["seconds_per_block"], rel=0.02)

@@ -105,6 +105,8 @@ def test_to_dict_round_trips(tmp_path):
     ({"geometry__shape": "64x64x64"}, "geometry.shape", "3 integers"),
     ({"geometry__shape": [64, 64.5, 64]}, "geometry.shape[1]", "integer"),
     ({"geometry__shape": [64, True, 64]}, "geometry.shape[1]", "integer"),
+    ({"geometry__margin": -1}, "geometry.margin", "from 0 to 16"),
+    ({"geometry__margin": 2.5}, "geometry.margin", "integer"),
     ({"batch_size": 0}, "batch_size", "≥ 1"),
     ({"batch_size": "8"}, "batch_size", "integer"),
     ({"sampler__preset": "turbo"}, "sampler.preset", '"paper"'),
@@ -198,6 +200,8 @@ def test_plan_command_prints_cost_and_draws(tmp_path, capsys):
     png = tmp_path / "plan.png"
     assert main(["plan", str(EXAMPLES / "paper_100.json"), "--png", str(png)]) == 0
     out = capsys.readouterr().out
+    # 100³ is cut out of a 104³ painted box (the default 2-voxel margin), planned with the same 64 blocks
+    assert "painted with a 2-voxel margin beyond its faces: 104 x 104 x 104, cut out at the end" in out
     assert "blocks: 64" in out and "batches: 8 at batch size 8" in out
     assert f"{64 * 2490:,} block-evaluations" in out
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -205,6 +209,17 @@ def test_plan_command_prints_cost_and_draws(tmp_path, capsys):
     bad.write_text(json.dumps(_with(batch_size=0)))
     assert main(["plan", str(bad)]) == 2
     assert "batch_size = 0" in capsys.readouterr().err
+
+
+def test_margin_is_recorded_only_when_given():
+    from gp_engine.planner import DEFAULT_MARGIN
+
+    plain = load_plan(_with())
+    assert plain.geometry.margin is None and plain.geometry.painted_margin == DEFAULT_MARGIN
+    assert "margin" not in plain.to_dict()["geometry"]
+    given = load_plan(_with(geometry__margin=0))
+    assert given.geometry.painted_margin == 0 and given.to_dict()["geometry"]["margin"] == 0
+    assert load_plan(given.to_dict()).geometry == given.geometry
 
 
 def test_auto_sampler_preset_follows_the_model_kind():

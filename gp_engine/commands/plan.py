@@ -35,16 +35,19 @@ def _fmt_shape(shape) -> str:
 def describe(plan, batch_size: int | None = None, list_blocks: bool = False) -> tuple[str, dict]:
     """The report printed by the command, and the numbers behind it (for tests and callers)."""
     from ..generate import plan_blocks
-    from ..geometry import part_mask
-    from ..planner import BLOCK, canvas_shape, evaluations_per_block, make_batches, new_voxels, stage_counts
+    from ..geometry import paint_region, part_mask
+    from ..planner import (BLOCK, canvas_shape, evaluations_per_block, make_batches, new_voxels, painted_box,
+                           stage_counts)
 
     shape = plan.geometry.shape
     periodic = plan.geometry.periodic
-    canvas = canvas_shape(shape, BLOCK, periodic)
-    mask, part = part_mask(plan, canvas)
-    full = plan_blocks(plan.plan_kind, shape, BLOCK, periodic=periodic)
-    blocks = full if mask is None else plan_blocks(plan.plan_kind, shape, BLOCK, mask)
-    plain = len(plan_blocks(plan.plan_kind, shape, BLOCK)) if any(periodic) else None
+    margin = plan.geometry.painted_margin
+    painted, off = painted_box(shape, margin, periodic)
+    canvas = canvas_shape(painted, BLOCK, periodic)
+    mask, part = part_mask(plan, canvas, off)
+    full = plan_blocks(plan.plan_kind, painted, BLOCK, periodic=periodic)
+    blocks = full if mask is None else plan_blocks(plan.plan_kind, painted, BLOCK, paint_region(mask, margin))
+    plain = len(plan_blocks(plan.plan_kind, painted, BLOCK)) if any(periodic) else None
     bs = int(batch_size or plan.batch_size)
     batches = make_batches(blocks, bs)
     from ..generate import model_kind_hint
@@ -56,7 +59,7 @@ def describe(plan, batch_size: int | None = None, list_blocks: bool = False) -> 
     counts = stage_counts(blocks)
     n = len(blocks)
     figures = {
-        "shape": list(shape), "canvas": list(canvas), "blocks": n, "batches": len(batches),
+        "shape": list(shape), "canvas": list(canvas), "margin": margin, "painted": list(painted), "blocks": n, "batches": len(batches),
         "batch_size": bs, "stages": counts, "evaluations_per_block": per_block,
         "block_evaluations": n * per_block, "network_calls": len(batches) * per_block,
         "mean_batch_fill": n / max(len(batches), 1) / bs,
@@ -77,6 +80,9 @@ def describe(plan, batch_size: int | None = None, list_blocks: bool = False) -> 
     lines = [
         f"plan: {plan.source or '(dict)'}",
         f"box {_fmt_shape(shape)} voxels" + (
+            f" (painted with a {margin}-voxel margin beyond its faces"
+            + (f" on a canvas {_fmt_shape(canvas)}" if tuple(canvas) != tuple(painted) else f": {_fmt_shape(canvas)}")
+            + ", cut out at the end)" if any(off) else
             f" (planned on a canvas {_fmt_shape(canvas)}, cropped at the end)" if tuple(canvas) != tuple(shape) else ""),
         *part_lines,
         f"plan kind: {plan.plan_kind}, block {BLOCK}³"
