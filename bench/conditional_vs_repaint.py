@@ -112,6 +112,38 @@ def volume_tag(model_name: str, setting: str, shape, margin: int) -> str:
     return f"{model_name}_{setting}_{'x'.join(map(str, shape))}" + (f"_m{margin}" if margin else "")
 
 
+def same_box_crops(shape, seeds) -> list:
+    """SPPARKS volumes of ``seeds`` cut into boxes of ``shape`` (the 8 corner boxes of each; one box when the
+    shape is the volume's), relabelled: what a generated box of that size should look like. Grains cut by a
+    box face are a larger share of a small box than of a 100³ volume, so a 48³ box is compared with 48³
+    SPPARKS boxes here, beside the 100³ comparison of the issue's targets."""
+    from gp_engine.grains import split_grains
+    from gp_engine.volume_io import read_volume
+
+    out = []
+    for s in seeds:
+        v = read_volume(SHARED / f"potts_iso_100_seed{s}.npz")
+        starts = [sorted({0, v.shape[a] - shape[a]}) for a in range(3)]
+        for o in ((x, y, z) for x in starts[0] for y in starts[1] for z in starts[2]):
+            box = v[o[0]:o[0] + shape[0], o[1]:o[1] + shape[1], o[2]:o[2] + shape[2]]
+            out.append(split_grains(np.ascontiguousarray(box)))
+    return out
+
+
+def same_box_summary(grains: list, shape) -> dict | None:
+    """KL against validation boxes of the generated shape (:func:`same_box_crops`) and its floor: the first
+    box of each of as many training volumes (1001, ...) against the same. None above 100³."""
+    from gp_engine.stats import summarize
+
+    if any(n > 100 for n in shape):
+        return None
+    refs = same_box_crops(shape, VALIDATION_SEEDS)
+    floor = summarize([same_box_crops(shape, [1001 + i])[0] for i in range(len(grains))], refs)
+    got = summarize(grains, refs)
+    return {"reference_boxes": len(refs), **{k: got[k] for k in KEYS},
+            "floor": {k: floor[k] for k in KEYS}, "floor_median_volume": floor["median_volume"]}
+
+
 def run_setting(setting: str, model: Path | None, shape, volumes: int, work: Path, batch: int, quiet: bool,
                 necks: bool = True, margin: int = DEFAULT_MARGIN) -> dict:
     from gp_engine.generate import generate, model_min_size, segment_field, segmentation_kwargs
@@ -174,6 +206,7 @@ def run_setting(setting: str, model: Path | None, shape, volumes: int, work: Pat
         "summary": {k: summary[k] for k in KEYS + ("grains", "mean_volume", "median_volume")},
         "share_voxels_small_grains": small,
         "seams": {k: float(np.mean([s[k] for s in seams])) for k in seams[0]},
+        "same_box": same_box_summary(grains, shape),
     }
 
 
@@ -190,6 +223,15 @@ def _window(seams: dict) -> str:
     return f"{seams['seam_window_excess']:+.3f} / {seams['seam_window_deviation']:.3f}"
 
 
+def _same_box(sb: dict | None) -> str:
+    """``v / a / c (floor v / a / c)`` of a row's same-box comparison (older rows: –)."""
+    if not sb:
+        return "–"
+    f = sb["floor"]
+    return (f"{sb['kl_volume']:.3f} / {sb['kl_aspect']:.3f} / {sb['kl_centroid']:.3f} "
+            f"({f['kl_volume']:.3f} / {f['kl_aspect']:.3f} / {f['kl_centroid']:.3f})")
+
+
 def render_md(rows: list[dict], floor: dict | None) -> str:
     fl = (f"SPPARKS-vs-SPPARKS floor (same estimator, 5 vs 5): volume {floor['kl_volume']:.4f}, aspect "
           f"{floor['kl_aspect']:.4f}, centroid {floor['kl_centroid']:.4f}; " if floor else "")
@@ -199,15 +241,18 @@ def render_md(rows: list[dict], floor: dict | None) -> str:
              f"paper Table 1 (r = 10): {PAPER_R10['kl_volume']} / {PAPER_R10['kl_aspect']} / {PAPER_R10['kl_centroid']}. "
              "Seams: boundary density (share of voxel pairs in different grains) and share of grains crossing, on "
              "the planes of the plan's block faces vs all other planes; SPPARKS: the same planes of the validation "
-             "volumes cropped to the box (no seams there: their spread is the noise). Seam window (±3 planes; rows "
+             "volumes cropped to the box (no seams there: their spread is the noise). KL vs SPPARKS boxes of this "
+             "size (rows from the thirteenth session on): against the 8 corner boxes of each validation volume, "
+             "floor = one box of as many training volumes against the same (a small box holds more grains cut by "
+             "its faces than a 100³ volume). Seam window (±3 planes; rows "
              "from the thirteenth session on): the boundary density the planes within 3 of each block face hold "
              "above the planes farther from faces and box faces, net / absolute (bench/seams.py), generated vs "
              "SPPARKS on the same planes. vox/min: each run's own "
              "timing on the machine named (other work may have shared it).", "",
              "| model | kind | setting | κ | evals/block | box | KL volume | KL aspect | KL centroid | grains | median vol "
              "| voxels in < 20 | seam density | interior density | SPPARKS seam / interior | crossing seam / interior "
-             "| seam window net / abs | SPPARKS window net / abs | vox/min | device | date | commit |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| seam window net / abs | SPPARKS window net / abs | KL vs SPPARKS boxes of this size (floor) | vox/min | device | date | commit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s, sm, sp = r["summary"], r["seams"], r.get("spparks_seams") or {}
         box = f"{r['volumes']}×{'x'.join(map(str, r['shape']))}"
@@ -222,7 +267,7 @@ def render_md(rows: list[dict], floor: dict | None) -> str:
             f"{s['median_volume']:.0f} | {100 * r['share_voxels_small_grains']:.1f} % | "
             f"{sm['seam_boundary_density']:.3f} | {sm['interior_boundary_density']:.3f} | {spp} | "
             f"{sm['seam_straddling']:.3f} / {sm['interior_straddling']:.3f} | "
-            f"{_window(sm)} | {_window(sp)} | "
+            f"{_window(sm)} | {_window(sp)} | {_same_box(r.get('same_box'))} | "
             f"{r['voxels_per_min_mean'] or 0:,.0f} | {r['device']['cpu'] if not r['device'].get('gpu') else r['device']['gpu']} | "
             f"{r['date'][:10]} | {r['commit'][:8]} |")
     return "\n".join(lines) + "\n"

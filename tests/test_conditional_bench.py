@@ -46,3 +46,28 @@ def test_schedule_probe_figures():
     assert abs(g["corr_with_x0"]) < 0.05 and g["share_committed"] == 0.0 and abs(g["neighbour_corr"]) < 0.05
     smooth = np.repeat(rng.standard_normal((2, 4, 8, 8, 4)), 2, axis=-1)  # pairs of equal x-neighbours
     assert x0_figures(smooth, x0)["neighbour_corr"] > 0.4
+
+
+def test_same_box_crops_are_the_corner_boxes_relabelled(tmp_path, monkeypatch):
+    import numpy as np
+
+    import conditional_vs_repaint as cvr
+    from gp_engine.grains import split_grains
+
+    rng = np.random.default_rng(0)
+    vol = rng.integers(0, 4, (10, 12, 9)).astype(np.int16)
+    np.savez(tmp_path / "potts_iso_100_seed7.npz", spins=vol)
+    monkeypatch.setattr(cvr, "SHARED", tmp_path)
+    boxes = cvr.same_box_crops((6, 12, 5), [7])
+    # x starts 0 and 4, y only 0 (the whole axis), z 0 and 4: four boxes, in that order
+    assert len(boxes) == 4 and all(b.shape == (6, 12, 5) for b in boxes)
+    for b, (x, z) in zip(boxes, [(0, 0), (0, 4), (4, 0), (4, 4)]):
+        np.testing.assert_array_equal(b, split_grains(vol[x:x + 6, :, z:z + 5]))
+    assert len(cvr.same_box_crops((10, 12, 9), [7])) == 1
+
+
+def test_volume_tags_keep_margin_runs_apart():
+    from conditional_vs_repaint import volume_tag
+
+    assert volume_tag("m", "fast", (48, 48, 48), 0) == "m_fast_48x48x48"
+    assert volume_tag("m", "fast", (48, 48, 48), 2) == "m_fast_48x48x48_m2"
