@@ -43,15 +43,17 @@ def blocks_seen(training: dict) -> int | None:
     return int(training["samples_seen"]) + int(parent.get("samples_seen") or 0)
 
 
-def select(rows: list[dict], setting: str, min_size: int, lineage: str, min_volumes: int = 4) -> dict[str, list[tuple]]:
+def select(rows: list[dict], setting: str, min_size: int, lineage: str, min_volumes: int = 4,
+           margin: int = 0) -> dict[str, list[tuple]]:
     """``{box: [(blocks, model, {kl...}), ...]}`` sorted by blocks, for the matching rows scored on at least
-    ``min_volumes`` volumes (one or two volumes differ by more than a step of training moves the KL)."""
+    ``min_volumes`` volumes (one or two volumes differ by more than a step of training moves the KL) and
+    painted with ``margin`` (``geometry.margin``; rows from before it: 0)."""
     pat = re.compile(lineage)
     out: dict[str, list[tuple]] = {}
     for r in rows:
         if (r.get("model_kind", "unconditional") != "unconditional" or r["setting"] != setting
                 or not r.get("split_necks") or (r.get("segmentation") or {}).get("min_size") != min_size
-                or not pat.search(r["model"]) or int(r["volumes"]) < min_volumes):
+                or not pat.search(r["model"]) or int(r["volumes"]) < min_volumes or r.get("margin", 0) != margin):
             continue
         n = blocks_seen(r.get("model_training") or {})
         if n is None:
@@ -156,11 +158,13 @@ def main(argv=None) -> int:
     ap.add_argument("--min-size", type=int, default=20)
     ap.add_argument("--min-volumes", type=int, default=4, help="rows scored on fewer volumes are left out")
     ap.add_argument("--lineage", default="ext500", help="regular expression the model names must match")
+    ap.add_argument("--margin", type=int, default=0,
+                    help="rows painted with this geometry.margin (default 0: the curve's rows, all from before margins)")
     ap.add_argument("--plot", default=str(PLOT))
     ap.add_argument("--md", default=str(MD))
     a = ap.parse_args(argv)
     rows = json.loads(Path(a.rows).read_text())
-    groups = select(rows, a.setting, a.min_size, a.lineage, a.min_volumes)
+    groups = select(rows, a.setting, a.min_size, a.lineage, a.min_volumes, a.margin)
     if not groups:
         raise SystemExit(f"kl_vs_training: {a.rows} has no rows of setting {a.setting!r} with min_size {a.min_size} "
                          f"for models matching {a.lineage!r}; score some with bench/conditional_vs_repaint.py")

@@ -39,12 +39,14 @@ def test_select_keeps_the_lineage_setting_and_segmentation_only():
             _row("cond-ext500-6565", 6565, 0.52, kind="conditional", parent=PARENT),  # conditional twin
             _row("mini3-plain-7458", 7458, 0.49),                                      # another lineage
             _row("ext500-7618", 7618, 0.385, volumes=4, shape=(100, 100, 100), parent=PARENT),
-            _row("ext500-7618", 7618, 0.399, volumes=1, shape=(100, 100, 100), parent=PARENT)]  # one volume
+            _row("ext500-7618", 7618, 0.399, volumes=1, shape=(100, 100, 100), parent=PARENT),  # one volume
+            _row("ext500-7618", 7618, 0.31, parent=PARENT) | {"margin": 2}]          # painted with a margin
     groups = kvt.select(rows, "fast", 20, "ext500")
     assert list(groups) == ["4×100x100x100", "8×48x48x48"]
     assert [(n, m) for n, m, _ in groups["8×48x48x48"]] == [(103976, "ext500-7618"),
                                                             (164776, "mini3-ext500-15218-cooled")]
     assert [kl["kl_aspect"] for *_, kl in groups["8×48x48x48"]] == [0.42, 0.37]
+    assert [kl["kl_aspect"] for *_, kl in kvt.select(rows, "fast", 20, "ext500", margin=2)["8×48x48x48"]] == [0.31]
 
 
 def test_power_fit_matches_numpy_polyfit_on_logs():
