@@ -562,13 +562,12 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
         grain_ids = segment_field(field, seg_plan, canvas.dir.parent, progress,
                                   enc.get("levels"), enc.get("kind"), canvas_dir=canvas.dir, periodic=periodic,
                                   auto_min_size=auto_min_size)
-        if any(off):
-            raw, field, grain_ids = raw[(Ellipsis,) + crop], field[crop], grain_ids[crop]
         inside = None if mask is None else np.ascontiguousarray(mask[crop])
         if inside is not None or any(off):  # grain id 0 outside the part; grains split where the surface
-            from .grains import split_grains  # or the cut-out's faces cut them
+            from .grains import cut_out  # or the cut-out's faces cut them (whole round periodic axes)
 
-            grain_ids = split_grains(grain_ids, mask=inside)
+            grain_ids = cut_out(grain_ids, crop, periodic, inside)
+            raw, field = raw[(Ellipsis,) + crop], field[crop]
         necks = None
         if _seg_setting(seg_plan, "split_necks", True):
             from .necks import split_necks

@@ -46,6 +46,19 @@ def split_grains(labels: np.ndarray, connectivity: int = 26, mask: np.ndarray | 
     return np.ascontiguousarray(ids.astype(np.int32, copy=False))
 
 
+def cut_out(ids: np.ndarray, box, periodic=None, mask: np.ndarray | None = None) -> np.ndarray:
+    """Grain ids of the sub-box ``box`` (slices) of ``ids``, relabelled 1..n: a grain the cut splits into
+    pieces becomes one grain per piece, a grain crossing a periodic face stays one (periodic axes are
+    never cut), and voxels outside ``mask`` (on the sub-box) get 0."""
+    sub = np.asarray(ids[tuple(box)])
+    periodic = tuple(bool(p) for p in (periodic or (False, False, False)))
+    if any(periodic):
+        if mask is not None:
+            raise GPEngineError("a masked part cannot be periodic")
+        return label_periodic(split_grains, sub, periodic, pad=1)
+    return split_grains(sub, mask=mask)
+
+
 def count_grains(ids: np.ndarray) -> int:
     """Number of grains in an id volume (ids ``1..n``, ``0`` = outside)."""
     return int(np.unique(ids[ids > 0]).size)

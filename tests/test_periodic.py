@@ -156,3 +156,22 @@ def test_periodic_run_end_to_end(tmp_path):
     same = label_periodic(lambda a: split_grains(a), ids, (True, True, False), pad=1)
     assert len(np.unique(same)) == len(np.unique(ids))
     assert res["stats"]["periodic"] == [True, True, False]
+
+
+def test_cut_out_splits_what_the_cut_separates_and_keeps_grains_whole_round_the_ring():
+    from gp_engine.grains import cut_out
+
+    ids = np.ones((8, 6, 10), np.int32)
+    ids[2, 2, 0:6] = ids[5, 2, 0:6] = 2      # two columns of grain 2 ...
+    ids[2:6, 2, 0] = 2                        # ... joined only at z = 0, which the cut removes
+    ids[0, 4, 4] = ids[7, 4, 4] = 3           # grain 3 crosses the x face
+    box = (slice(None), slice(None), slice(2, 8))
+    ring = cut_out(ids, box, (True, False, False))
+    assert ring.shape == (8, 6, 6) and len(np.unique(ring)) == 4     # 1, two pieces of 2, one 3
+    assert ring[2, 2, 0] != ring[5, 2, 0] and ring[0, 4, 2] == ring[7, 4, 2]
+    flat = cut_out(ids, box)
+    assert len(np.unique(flat)) == 5 and flat[0, 4, 2] != flat[7, 4, 2]
+    mask = np.ones((8, 6, 6), bool)
+    mask[:, :, 5] = False
+    masked = cut_out(ids, box, mask=mask)
+    assert (masked[:, :, 5] == 0).all() and (masked[:, :, :5] > 0).all()
