@@ -12,7 +12,7 @@ A seamless volume has the same figures on seam planes as on the others. A block 
 plane thick: a block's last painted layer has too few boundaries and the first layers painted next to
 it too many (thirteenth session), so the report also sums, over the planes within ``reach`` of each
 seam, the boundary density above that of the planes farther away (``seam_window_excess``: extra
-boundary per seam, in units of one plane's density; 0 for a seamless volume, whichever side of the
+boundary per seam, as a share of one plane's voxel pairs (a plane inside holds ~0.13); 0 for a seamless volume, whichever side of the
 face plane the excess sits on) and the absolute deviation (a dip beside a spike counts too).
 """
 
@@ -45,7 +45,7 @@ def window_excess(profiles: list[np.ndarray], seams: list[list[int]], reach: int
 
     "Far" planes lie more than ``reach`` planes from every seam of their axis and from the volume's faces
     (a box face has an edge effect of its own). Per seam plane s, over the planes s − reach … s + reach:
-    ``excess`` Σ (density − far mean) (net extra boundary, in units of one plane's density) and
+    ``excess`` Σ (density − far mean) (net extra boundary, as a share of one plane's voxel pairs) and
     ``deviation`` Σ |density − far mean| (a dip beside a spike counts too; a seamless volume keeps only
     its noise); both averaged over the seam planes. Windows that overlap count shared planes per seam."""
     far = []
