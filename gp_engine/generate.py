@@ -209,6 +209,20 @@ def _canvas_margin(out: Path, default: int) -> int:
     return default
 
 
+def painted_layout(plan, margin: int):
+    """(painted shape, offset of the requested box in it, canvas shape, part mask on the canvas or None,
+    part or None) of a plan painted with ``margin`` (planner.painted_box, then canvas_shape's padding of
+    thin boxes, then the part placed at the offset): one definition for ``generate`` and ``gp-engine plan``."""
+    from .geometry import part_mask
+    from .planner import canvas_shape, painted_box
+
+    periodic = tuple(getattr(plan.geometry, "periodic", None) or (False, False, False))
+    painted, off = painted_box(plan.geometry.shape, margin, periodic)
+    padded = canvas_shape(painted, 32, periodic)
+    mask, part = part_mask(plan, padded, off)
+    return painted, off, padded, mask, part
+
+
 def plan_blocks(plan_kind: str, shape, block: int, mask: np.ndarray | None = None, periodic=None):
     """The plan's blocks over ``shape``; with a part ``mask`` (on the padded canvas) only the blocks the
     part needs (``planner.restrict_to_mask``); with ``periodic`` axes the wrapped grid plan."""
@@ -448,7 +462,7 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
     from .diffusion import Schedule
     from .outputs import ALL_FORMATS, STATS_FILE, output_paths, write_results
     from .plan_config import load_plan
-    from .planner import canvas_shape, make_batches
+    from .planner import make_batches
     from .runtime import load_engine, read_model
 
     if resume and force:
@@ -476,15 +490,14 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
     # SPPARKS references wrap round like a periodic run; a non-periodic run is compared with them
     # split at their faces, as the paper does
     ref_stats = reference_stats(getattr(plan, "reference", None), periodic if any(periodic) else None)
-    from .geometry import paint_region, part_mask
-    from .planner import painted_box
+    from .geometry import paint_region
 
     margin = plan.geometry.painted_margin
     if resume and plan.geometry.margin is None:  # a canvas from before margins goes on without one
         margin = _canvas_margin(out, margin)
-    painted, off = painted_box(shape, margin, periodic)  # the box cut out of a larger painted one
-    padded = canvas_shape(painted, 32, periodic)  # thin boxes are planned on a canvas padded to one block
-    mask, part = part_mask(plan, padded, off)  # a CAD part: voxelized (and a broken mesh refused) before any work
+    # the box cut out of a larger painted one, on a canvas padded to one block where thin; a CAD part
+    # voxelized (and a broken mesh refused) before any work
+    painted, off, padded, mask, part = painted_layout(plan, margin)
     crop = tuple(slice(o, o + n) for o, n in zip(off, shape))
 
     # 3. the folder is ours from here on: marked and locked for the whole run

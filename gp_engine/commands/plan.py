@@ -34,17 +34,14 @@ def _fmt_shape(shape) -> str:
 
 def describe(plan, batch_size: int | None = None, list_blocks: bool = False) -> tuple[str, dict]:
     """The report printed by the command, and the numbers behind it (for tests and callers)."""
-    from ..generate import plan_blocks
-    from ..geometry import paint_region, part_mask
-    from ..planner import (BLOCK, canvas_shape, evaluations_per_block, make_batches, new_voxels, painted_box,
-                           stage_counts)
+    from ..generate import painted_layout, plan_blocks
+    from ..geometry import paint_region
+    from ..planner import BLOCK, evaluations_per_block, make_batches, new_voxels, stage_counts
 
     shape = plan.geometry.shape
     periodic = plan.geometry.periodic
     margin = plan.geometry.painted_margin
-    painted, off = painted_box(shape, margin, periodic)
-    canvas = canvas_shape(painted, BLOCK, periodic)
-    mask, part = part_mask(plan, canvas, off)
+    painted, off, canvas, mask, part = painted_layout(plan, margin)
     full = plan_blocks(plan.plan_kind, painted, BLOCK, periodic=periodic)
     blocks = full if mask is None else plan_blocks(plan.plan_kind, painted, BLOCK, paint_region(mask, margin))
     plain = len(plan_blocks(plan.plan_kind, painted, BLOCK)) if any(periodic) else None
