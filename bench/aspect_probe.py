@@ -86,19 +86,29 @@ def row(name: str, boxes: list[np.ndarray], ref: dict) -> dict:
             "kl_volume": kl["kl_volume"], "kl_aspect": kl["kl_aspect"], **figs}
 
 
-def generate_boxes(model: str | None, shape: int, n: int, sampler: dict, work: Path, seed0: int) -> list[np.ndarray]:
+def generate_boxes(model: str | None, shape: int, n: int, sampler: dict, work: Path, seed0: int,
+                   margin: int | None = None) -> list[np.ndarray]:
+    """``n`` generated boxes of ``shape``³; ``margin``: geometry.margin (None: the engine's default; 0 for
+    the single blocks, which must be exactly one painted block)."""
     from gp_engine.generate import generate
 
     out = []
     for i in range(n):
-        d = work / f"gen{shape}_{seed0 + i}"
-        plan = {"version": 1, "geometry": {"shape": [shape] * 3}, "model": model, "sampler": sampler,
+        d = work / (f"gen{shape}_{seed0 + i}" + ("" if margin is None else f"_m{margin}"))
+        geometry = {"shape": [shape] * 3} | ({} if margin is None else {"margin": margin})
+        plan = {"version": 1, "geometry": geometry, "model": model, "sampler": sampler,
                 "batch_size": 8, "seed": seed0 + i,
                 "outputs": {"dir": str(d), "formats": ["npy"]}}
         if not (d / "grains.npy").is_file():  # a kept --work folder is reused
             generate(plan, progress=False)
         out.append(np.load(d / "grains.npy"))
     return out
+
+
+def single_blocks(model: str | None, n: int, sampler: dict, work: Path) -> list[np.ndarray]:
+    """``n`` boxes of one painted 32³ block each: no margin (the default would paint 36³, eight blocks,
+    and score outpainted grains as single-block ones)."""
+    return generate_boxes(model, 32, n, sampler, work, 100, margin=0)
 
 
 def main(argv=None) -> int:
@@ -125,7 +135,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(a.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        single = generate_boxes(a.model, 32, a.single, sampler, work, 100)
+        single = single_blocks(a.model, a.single, sampler, work)
         plan = [o for v in generate_boxes(a.model, 64, a.volumes, sampler, work, 200) for o in octants(v)]
     floor_rng = np.random.default_rng(2)
     train = [np.load(SHARED / f"potts_iso_100_seed{s}.npz")["spins"] for s in TRAIN_SEEDS[:4]]

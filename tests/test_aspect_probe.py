@@ -32,3 +32,29 @@ def test_big_inner_grains_are_measured_by_their_axes():
     cut = _ellipsoid_box((10, 6, 5))[6:]
     assert shape_figures([cut])[1]["big_inner_grains"] == 0
     assert shape_figures([_ellipsoid_box((4, 4, 4))])[1]["big_inner_grains"] == 0
+
+
+def test_single_blocks_are_painted_as_one_block(tmp_path, monkeypatch):
+    # the probe's "single" row must be one painted 32³ block; the engine's default margin would paint
+    # 36³ (eight blocks) and score outpainted grains as single-block ones
+    import aspect_probe
+
+    from gp_engine import generate as gen_mod
+    from gp_engine.plan_config import load_plan
+    from gp_engine.planner import grid_plan
+
+    plans = []
+
+    def fake_generate(plan, progress=False):
+        plans.append(plan)
+        d = Path(plan["outputs"]["dir"])
+        d.mkdir(parents=True)
+        np.save(d / "grains.npy", np.ones((32, 32, 32), np.int32))
+
+    monkeypatch.setattr(gen_mod, "generate", fake_generate)
+    boxes = aspect_probe.single_blocks(None, 2, {"preset": "fast"}, tmp_path)
+    assert len(boxes) == 2 and len(plans) == 2
+    for plan in plans:
+        cfg = load_plan(plan)
+        painted, _, canvas, _, _ = gen_mod.painted_layout(cfg, cfg.geometry.painted_margin)
+        assert tuple(painted) == (32, 32, 32) and len(grid_plan(canvas)) == 1
