@@ -579,7 +579,13 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
         if inside is not None or any(off):  # grain id 0 outside the part; grains split where the surface
             from .grains import cut_out  # or the cut-out's faces cut them (whole round periodic axes)
 
-            grain_ids = cut_out(grain_ids, crop, periodic, inside)
+            box_out = None
+            if isinstance(grain_ids, np.memmap) and not any(periodic):  # large: tile by tile, on disk
+                from .volume_io import open_npy_memmap
+
+                box_out = open_npy_memmap(canvas.dir / "grains_box.npy", np.int32,
+                                          tuple(s.stop - s.start for s in crop))
+            grain_ids = cut_out(grain_ids, crop, periodic, inside, out=box_out)
             raw, field = raw[(Ellipsis,) + crop], field[crop]
         necks = None
         if _seg_setting(seg_plan, "split_necks", True):

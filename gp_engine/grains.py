@@ -46,17 +46,131 @@ def split_grains(labels: np.ndarray, connectivity: int = 26, mask: np.ndarray | 
     return np.ascontiguousarray(ids.astype(np.int32, copy=False))
 
 
-def cut_out(ids: np.ndarray, box, periodic=None, mask: np.ndarray | None = None) -> np.ndarray:
+#: tile side of :func:`split_grains_tiled` when :func:`cut_out` gets a memmap (the large-volume path)
+TILE = 256
+
+
+def cut_out(ids: np.ndarray, box, periodic=None, mask: np.ndarray | None = None,
+            out: np.ndarray | None = None, tile: int | None = None) -> np.ndarray:
     """Grain ids of the sub-box ``box`` (slices) of ``ids``, relabelled 1..n: a grain the cut splits into
     pieces becomes one grain per piece, a grain crossing a periodic face stays one (periodic axes are
-    never cut), and voxels outside ``mask`` (on the sub-box) get 0."""
-    sub = np.asarray(ids[tuple(box)])
+    never cut, in RAM), and voxels outside ``mask`` (on the sub-box) get 0.
+
+    ``tile`` (default: in RAM unless ``ids`` is a memmap, then ``TILE``) relabels tile by tile
+    (:func:`split_grains_tiled`) into ``out`` (int32, the sub-box's shape, e.g. a memmap), so that memory
+    stays bounded for volumes larger than RAM."""
+    sub = ids[tuple(box)]
     periodic = tuple(bool(p) for p in (periodic or (False, False, False)))
     if any(periodic):
         if mask is not None:
             raise GPEngineError("a masked part cannot be periodic")
-        return label_periodic(split_grains, sub, periodic, pad=1)
-    return split_grains(sub, mask=mask)
+        return label_periodic(split_grains, np.asarray(sub), periodic, pad=1)
+    if tile is None and isinstance(ids, np.memmap):
+        tile = TILE
+    if tile is not None:
+        return split_grains_tiled(sub, tile, out=out, mask=mask)
+    return split_grains(np.asarray(sub), mask=mask)
+
+
+def _tiles(shape, tile: int):
+    """(lo, hi) corners of the tiles covering ``shape``, in C order."""
+    import itertools
+
+    for lo in itertools.product(*[range(0, n, tile) for n in shape]):
+        yield lo, tuple(min(a + tile, n) for a, n in zip(lo, shape))
+
+
+def split_grains_tiled(labels: np.ndarray, tile: int, out: np.ndarray | None = None,
+                       mask: np.ndarray | None = None) -> np.ndarray:
+    """:func:`split_grains` (26-connected) tile by tile, for volumes larger than RAM: the same grains.
+
+    Each ``tile``³ tile is split on its own (ids offset past the previous tiles'); then every pair of
+    26-neighbours with equal labels on either side of a tile face (edges and corners included: the
+    plane outside a face is read one voxel wider) joins their ids (union-find), and a last pass
+    renumbers the grains 1..n in the order of their first tile. Memory: one tile, the faces and
+    an int64 per provisional id. ``out`` (int32, the shape of ``labels``) receives the ids."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if int(tile) < 1:
+        raise GPEngineError(f"tile must be >= 1, got {tile}")
+    shape = tuple(labels.shape)
+    if len(shape) != 3:
+        raise GPEngineError(f"labels must be a 3D array [x, y, z], got shape {shape}")
+    if mask is not None and tuple(mask.shape) != shape:
+        raise GPEngineError(f"mask shape {tuple(mask.shape)} differs from labels shape {shape}")
+    if out is None:
+        out = np.empty(shape, np.int32)
+    elif out.shape != shape or out.dtype != np.int32:
+        raise GPEngineError(f"out must be int32 of shape {shape}, got {out.dtype} {out.shape}")
+    boxes = list(_tiles(shape, int(tile)))
+    base = 0
+    for lo, hi in boxes:  # pass 1: each tile on its own
+        sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+        loc = split_grains(np.asarray(labels[sl]), mask=None if mask is None else np.asarray(mask[sl]))
+        out[sl] = np.where(loc > 0, loc + base, 0)
+        base += int(loc.max(initial=0))
+    a_ids, b_ids = [], []
+    for lo, hi in boxes:  # pass 2: pairs across each face of each tile (every pair is seen from both sides)
+        for axis in range(3):
+            for side in (-1, 1):
+                plane = lo[axis] if side < 0 else hi[axis] - 1
+                nxt = plane + side
+                if not 0 <= nxt < shape[axis]:
+                    continue
+                o = [a for a in range(3) if a != axis]
+                inner = [slice(lo[a], hi[a]) for a in range(3)]
+                inner[axis] = slice(plane, plane + 1)
+                # the outside plane, one voxel wider on both other axes (padded with "no voxel")
+                wlo = [max(lo[a] - 1, 0) for a in o]
+                whi = [min(hi[a] + 1, shape[a]) for a in o]
+                outer = [slice(None)] * 3
+                outer[axis] = slice(nxt, nxt + 1)
+                outer[o[0]], outer[o[1]] = slice(wlo[0], whi[0]), slice(wlo[1], whi[1])
+                li = np.asarray(labels[tuple(inner)]).reshape(hi[o[0]] - lo[o[0]], hi[o[1]] - lo[o[1]])
+                oi = np.asarray(out[tuple(inner)]).reshape(li.shape)
+                pad = ((lo[o[0]] - wlo[0], 1), (lo[o[1]] - wlo[1], 1))
+                lw = np.asarray(labels[tuple(outer)]).reshape(whi[0] - wlo[0], whi[1] - wlo[1])
+                ow = np.asarray(out[tuple(outer)]).reshape(lw.shape)
+                # place the outside plane on a frame one voxel wider than the face on each side
+                frame_l = np.zeros((li.shape[0] + 2, li.shape[1] + 2), lw.dtype)
+                frame_o = np.zeros(frame_l.shape, np.int32)
+                r0, c0 = 1 - pad[0][0], 1 - pad[1][0]
+                frame_l[r0:r0 + lw.shape[0], c0:c0 + lw.shape[1]] = lw
+                frame_o[r0:r0 + ow.shape[0], c0:c0 + ow.shape[1]] = ow
+                keys = []
+                for d0 in (-1, 0, 1):
+                    for d1 in (-1, 0, 1):
+                        nl = frame_l[1 + d0:1 + d0 + li.shape[0], 1 + d1:1 + d1 + li.shape[1]]
+                        no = frame_o[1 + d0:1 + d0 + li.shape[0], 1 + d1:1 + d1 + li.shape[1]]
+                        hit = (li == nl) & (oi > 0) & (no > 0)
+                        if hit.any():  # one int64 key per (id here, id there) pair
+                            keys.append(np.unique((oi[hit].astype(np.int64) << 32) | no[hit].astype(np.int64)))
+                if keys:  # each pair once per face: memory grows with the grains, not the face area
+                    k = np.unique(np.concatenate(keys))
+                    a_ids.append(k >> 32)
+                    b_ids.append(k & 0xFFFFFFFF)
+    n = base + 1
+    if a_ids:
+        a, b = np.concatenate(a_ids), np.concatenate(b_ids)
+        graph = coo_matrix((np.ones(a.size, np.int8), (a, b)), shape=(n, n))
+        _, comp = connected_components(graph, directed=False)
+    else:
+        comp = np.arange(n)
+    # renumber 1..n by each grain's smallest provisional id (its first tile); 0 stays 0
+    first = np.full(n, n, np.int64)
+    np.minimum.at(first, comp[1:], np.arange(1, n))
+    order = np.argsort(first[comp[1:]], kind="stable")
+    lut = np.zeros(n, np.int32)
+    ranks = np.zeros(n, np.int64)
+    roots = comp[1:][order]
+    new_root = np.r_[True, roots[1:] != roots[:-1]] if roots.size else np.zeros(0, bool)
+    ranks[1:][order] = np.cumsum(new_root)
+    lut[1:] = ranks[1:]
+    for lo, hi in boxes:
+        sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+        out[sl] = lut[np.asarray(out[sl])]
+    return out
 
 
 def count_grains(ids: np.ndarray) -> int:

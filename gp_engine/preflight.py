@@ -11,7 +11,8 @@ The figures are deliberately generous upper bounds (measured on the CPU backend)
   network's activations, ``ACTIVATION_COPIES`` live tensors per U-Net level of width w at (32/2^l)³;
 * segmentation: in RAM up to ``generate.IN_RAM_VOXELS`` voxels (``SEGMENT_BYTES_PER_VOXEL``), tiled
   in 256³ tiles above; the cut-out of a box painted with a margin is relabelled in RAM
-  (``SPLIT_BYTES_PER_VOXEL`` of the box);
+  (``SPLIT_BYTES_PER_VOXEL`` of the box), or, above ``IN_RAM_VOXELS``, tile by tile
+  (``grains.TILE``³ voxels at a time) into one more int32 volume on disk;
 * disk: the canvas and every output (``canvas.BYTES_PER_VOXEL``, 4 more per extra channel); a forced
   run keeps the previous run until its replacement exists, so it needs the space of both.
 """
@@ -65,6 +66,7 @@ def estimate(shape, plan_kind: str, batch_size: int, channels: int = 1, widths=N
     ``margin`` voxels more beyond each non-periodic face, :func:`gp_engine.planner.painted_box`)."""
     from .canvas import BYTES_PER_VOXEL
     from .generate import IN_RAM_VOXELS
+    from .grains import TILE
     from .planner import canvas_shape, estimate_blocks, painted_box
 
     painted, _ = painted_box(shape, margin, periodic)
@@ -75,12 +77,15 @@ def estimate(shape, plan_kind: str, batch_size: int, channels: int = 1, widths=N
     per_block = SAMPLER_ARRAYS * channels * block ** 3 * 4
     per_block += sum(ACTIVATION_COPIES * w * (block >> level) ** 3 * 4 for level, w in enumerate(widths))
     seg_voxels = voxels if voxels <= IN_RAM_VOXELS else 288 ** 3  # a 256³ tile with its halo
+    box_voxels = int(shape[0]) * int(shape[1]) * int(shape[2])
+    tiled = painted[0] * painted[1] * painted[2] > IN_RAM_VOXELS  # generate segments a memmap then
+    split_voxels = 0 if not margin else (min(box_voxels, TILE ** 3) if tiled else box_voxels)
     memory = {"plan": blocks * PLAN_BYTES_PER_BLOCK, "batch": int(batch_size) * per_block,
-              "segmentation": max(seg_voxels * SEGMENT_BYTES_PER_VOXEL,
-                                  (int(shape[0]) * int(shape[1]) * int(shape[2]) * SPLIT_BYTES_PER_VOXEL) if margin else 0)}
+              "segmentation": max(seg_voxels * SEGMENT_BYTES_PER_VOXEL, split_voxels * SPLIT_BYTES_PER_VOXEL)}
     return {"canvas": canvas, "voxels": voxels, "blocks": blocks, "memory": memory,
             "memory_total": sum(memory.values()), "bytes_per_block": per_block,
-            "disk": voxels * (BYTES_PER_VOXEL + 4 * (channels - 1)) + (64 << 20)}
+            "disk": voxels * (BYTES_PER_VOXEL + 4 * (channels - 1)) + (4 * box_voxels if margin and tiled else 0)
+                    + (64 << 20)}
 
 
 def check(plan, out_dir: Path | None = None, batch_size: int | None = None, channels: int = 1,

@@ -221,6 +221,34 @@ def test_generate_end_to_end_with_kill_and_resume(tmp_path):
         generate(str(plan), resume=True, progress=False)
 
 
+def _same_partition(a, b):
+    """True when two id volumes hold the same grains (the same voxels together), whatever the numbering."""
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    return pairs.shape[1] == np.unique(a).size == np.unique(b).size
+
+
+def test_large_volumes_cut_the_painted_box_out_tile_by_tile(tmp_path, monkeypatch):
+    # a volume over IN_RAM_VOXELS is segmented into a memmap; its box must then be cut out and
+    # relabelled tile by tile on disk too (not loaded whole), giving the grains of the in-RAM path
+    import gp_engine.generate as gen_mod
+    import gp_engine.grains as grains_mod
+
+    plan = write_plan(tmp_path)
+    gen_mod.generate(str(plan), out_dir=tmp_path / "ram", progress=False)
+    monkeypatch.setattr(gen_mod, "IN_RAM_VOXELS", 1000)
+    monkeypatch.setattr(grains_mod, "TILE", 16)
+    tiled = []
+    real = grains_mod.split_grains_tiled
+    monkeypatch.setattr(grains_mod, "split_grains_tiled",
+                        lambda labels, tile, **kw: tiled.append((type(labels), tile)) or real(labels, tile, **kw))
+    gen_mod.generate(str(plan), out_dir=tmp_path / "big", progress=False)
+    assert tiled == [(np.memmap, 16)]
+    assert (tmp_path / "big/canvas/grains_box.npy").is_file()
+    a, b = np.load(tmp_path / "ram/grains.npy"), np.load(tmp_path / "big/grains.npy")
+    assert a.shape == b.shape == (40, 40, 40) and a.max() > 20
+    assert _same_partition(a, b)
+
+
 def test_painted_box_adds_the_margin_beyond_non_periodic_faces():
     from gp_engine.planner import painted_box
 

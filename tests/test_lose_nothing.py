@@ -234,6 +234,45 @@ def test_statistics_memory_does_not_grow_with_the_volume(tmp_path, monkeypatch):
         np.testing.assert_allclose(got[k], want[k], rtol=1e-9)
 
 
+def test_cutting_the_box_out_of_a_large_volume_does_not_load_it(tmp_path):
+    """cut_out of a memmap relabels tile by tile into a memmap: peak memory far below the volume's
+    size, the grains those of connected-components-3d on the whole sub-box."""
+    import tracemalloc
+
+    from gp_engine.grains import cut_out, split_grains
+    from gp_engine.volume_io import open_npy_memmap
+
+    rng = np.random.default_rng(1)
+    coarse = rng.integers(1, 40, (25, 25, 25)).astype(np.int32)
+    ids = np.repeat(np.repeat(np.repeat(coarse, 8, 0), 8, 1), 8, 2)   # 200³ = 8M voxels, 32 MB
+    np.save(tmp_path / "ids.npy", ids)
+    mm = np.load(tmp_path / "ids.npy", mmap_mode="r")
+    box = (slice(4, 196), slice(4, 196), slice(4, 196))
+    out = open_npy_memmap(tmp_path / "box.npy", np.int32, (192, 192, 192))
+    cut_out(ids[:8, :8, :8], box, tile=4)  # imports (scipy.sparse) before measuring
+    tracemalloc.start()
+    got = cut_out(mm, box, out=out, tile=48)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert got is out and peak < ids.nbytes / 4, f"peak {peak / 2**20:.0f} MiB for a {ids.nbytes / 2**20:.0f} MiB volume"
+    want = split_grains(ids[box])
+    pairs = np.unique((want.ravel().astype(np.int64) << 32) | np.asarray(got).ravel())  # one key per (want, got)
+    assert pairs.size == want.max() == got.max()
+
+
+def test_preflight_counts_the_tiled_cut_out_of_a_large_painted_box():
+    # above IN_RAM_VOXELS the box is cut out tile by tile: memory bounded by a tile, one more int32
+    # volume on disk; below, the whole box in RAM
+    from gp_engine.grains import TILE
+    from gp_engine.preflight import SPLIT_BYTES_PER_VOXEL, estimate
+
+    big, big0 = estimate((1000, 1000, 1000), "grid", 8, margin=2), estimate((1000, 1000, 1000), "grid", 8, margin=0)
+    assert big["memory"]["segmentation"] <= max(288 ** 3 * 48, TILE ** 3 * SPLIT_BYTES_PER_VOXEL)
+    assert big["disk"] - big0["disk"] >= 4 * 1000 ** 3
+    small = estimate((100, 100, 100), "grid", 8, margin=2)
+    assert small["memory"]["segmentation"] >= 100 ** 3 * SPLIT_BYTES_PER_VOXEL
+
+
 # ------------------------------------------------------------------ resume verifies what it trusts
 
 

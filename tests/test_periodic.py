@@ -175,3 +175,39 @@ def test_cut_out_splits_what_the_cut_separates_and_keeps_grains_whole_round_the_
     mask[:, :, 5] = False
     masked = cut_out(ids, box, mask=mask)
     assert (masked[:, :, 5] == 0).all() and (masked[:, :, :5] > 0).all()
+
+
+def _same_partition(a, b):
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    return pairs.shape[1] == np.unique(a).size == np.unique(b).size
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_tiled_split_gives_the_grains_of_connected_components_3d(with_mask):
+    # reference: split_grains, i.e. connected-components-3d on the whole volume; three labels at random
+    # make grains that cross tile faces, edges and corners, some only through a diagonal neighbour
+    from gp_engine.grains import split_grains, split_grains_tiled
+
+    rng = np.random.default_rng(7)
+    for _ in range(12):
+        shape = tuple(int(n) for n in rng.integers(6, 26, 3))
+        labels = rng.integers(0, 3, shape)
+        mask = rng.random(shape) > 0.25 if with_mask else None
+        ref = split_grains(labels, mask=mask)
+        got = split_grains_tiled(labels, int(rng.integers(2, 8)), mask=mask)
+        assert got.dtype == np.int32 and got.max() == ref.max()
+        np.testing.assert_array_equal(got == 0, ref == 0)
+        assert _same_partition(ref, got)
+
+
+def test_tiled_split_joins_grains_touching_only_at_a_tile_corner():
+    from gp_engine.grains import split_grains_tiled
+
+    labels = np.zeros((4, 4, 4), np.int32)
+    labels[1, 1, 1] = labels[2, 2, 2] = 5     # one grain: two voxels meeting at a corner of the 2³ tiles
+    ids = split_grains_tiled(labels, 2)
+    assert ids[1, 1, 1] == ids[2, 2, 2] and ids.max() == 2
+    out = np.zeros((4, 4, 4), np.int32)
+    assert split_grains_tiled(labels, 2, out=out) is out
+    with pytest.raises(GPEngineError, match="out must be int32"):
+        split_grains_tiled(labels, 2, out=np.zeros((4, 4, 4), np.int64))
