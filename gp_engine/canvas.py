@@ -39,7 +39,7 @@ from .volume_io import open_npy_memmap
 STATE_VERSION = 1
 #: ``state.json["format"]``: marks a folder as a gp-engine canvas (only such folders are ever removed)
 CANVAS_FORMAT = "gp-engine-canvas"
-CANVAS_FILES = ("values.npy", "known.npy", "state.json", "pending.npz", "grains.npy", "grains_box.npy")
+CANVAS_FILES = ("values.npy", "known.npy", "state.json", "pending.npz", "grains.npy", "grains_box.npy", "display.npy")
 #: bytes per voxel reserved when checking free disk space: canvas (4 + 1) + grain ids (4)
 #: + raw field copy (4) + slack for vti/dump outputs.
 BYTES_PER_VOXEL = 24

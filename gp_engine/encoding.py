@@ -282,12 +282,23 @@ def bits_decode(field: np.ndarray) -> np.ndarray:
     return code
 
 
-def bits_display(field: np.ndarray) -> np.ndarray:
+def bits_display(field: np.ndarray, out: np.ndarray | None = None, slab_voxels: int = 1 << 24) -> np.ndarray:
     """One float32 value per voxel for pictures and level segmentation: the decoded code c mapped to
-    ``linspace(-1, 1, 2^B)[c]``, so ``levels`` segmentation with K = 2^B recovers the codes exactly."""
-    f = np.asarray(field)
-    lut = np.linspace(-1.0, 1.0, 1 << f.shape[0]).astype(np.float32)
-    return lut[bits_decode(f)]
+    ``linspace(-1, 1, 2^B)[c]``, so ``levels`` segmentation with K = 2^B recovers the codes exactly.
+
+    ``out`` (float32, ``field.shape[1:]``, e.g. a memmap) is filled slab by slab along the first
+    spatial axis (about ``slab_voxels`` voxels at a time), so memory stays bounded for a memmapped field."""
+    lut = np.linspace(-1.0, 1.0, 1 << field.shape[0]).astype(np.float32)
+    if out is None:
+        return lut[bits_decode(np.asarray(field))]
+    if out.shape != tuple(field.shape[1:]) or out.dtype != np.float32:
+        raise GPEngineError(f"bits_display: out must be float32 of shape {tuple(field.shape[1:])}, "
+                            f"got {out.dtype} {out.shape}")
+    plane = int(np.prod(field.shape[2:], dtype=np.int64)) or 1
+    step = max(1, slab_voxels // plane)
+    for x0 in range(0, field.shape[1], step):
+        out[x0:x0 + step] = lut[bits_decode(np.asarray(field[:, x0:x0 + step]))]
+    return out
 
 
 __all__ = [

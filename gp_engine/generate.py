@@ -570,7 +570,12 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
         if channels > 1:  # analog bits: one value per voxel (the decoded code on 2^B levels) to segment and show
             from .encoding import bits_display
 
-            field = bits_display(raw)
+            display = None
+            if isinstance(raw, np.memmap):  # large: decoded slab by slab into a memmap
+                from .volume_io import open_npy_memmap
+
+                display = open_npy_memmap(canvas.dir / "display.npy", np.float32, tuple(raw.shape[1:]))
+            field = bits_display(raw, out=display)
         seg_plan, auto_min_size = getattr(plan, "segmentation", None), model_min_size(manifest)
         grain_ids = segment_field(field, seg_plan, canvas.dir.parent, progress,
                                   enc.get("levels"), enc.get("kind"), canvas_dir=canvas.dir, periodic=periodic,

@@ -12,7 +12,8 @@ The figures are deliberately generous upper bounds (measured on the CPU backend)
 * segmentation: in RAM up to ``generate.IN_RAM_VOXELS`` voxels (``SEGMENT_BYTES_PER_VOXEL``), tiled
   in 256³ tiles above; the cut-out of a box painted with a margin is relabelled in RAM
   (``SPLIT_BYTES_PER_VOXEL`` of the box), or, above ``IN_RAM_VOXELS``, tile by tile
-  (``grains.TILE``³ voxels at a time) into one more int32 volume on disk;
+  (``grains.TILE``³ voxels at a time) into one more int32 volume on disk; an analog-bits field that
+  large is decoded for segmentation slab by slab into one more float32 volume on disk;
 * disk: the canvas and every output (``canvas.BYTES_PER_VOXEL``, 4 more per extra channel); a forced
   run keeps the previous run until its replacement exists, so it needs the space of both.
 """
@@ -85,7 +86,7 @@ def estimate(shape, plan_kind: str, batch_size: int, channels: int = 1, widths=N
     return {"canvas": canvas, "voxels": voxels, "blocks": blocks, "memory": memory,
             "memory_total": sum(memory.values()), "bytes_per_block": per_block,
             "disk": voxels * (BYTES_PER_VOXEL + 4 * (channels - 1)) + (4 * box_voxels if margin and tiled else 0)
-                    + (64 << 20)}
+                    + (4 * painted[0] * painted[1] * painted[2] if channels > 1 and tiled else 0) + (64 << 20)}
 
 
 def check(plan, out_dir: Path | None = None, batch_size: int | None = None, channels: int = 1,

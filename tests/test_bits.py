@@ -90,3 +90,17 @@ def test_bits_model_trains_builds_and_generates(tmp_path):
     assert np.array_equal(grains, split_necks(segment(bits_display(field), "dbscan", min_size=80)))
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert stats["segmentation"]["method"] == "dbscan" and stats["segmentation"]["min_size"] == 80
+
+
+def test_bits_display_into_a_memmap_slab_by_slab_equals_the_whole(tmp_path):
+    from gp_engine.encoding import bits_display
+    from gp_engine.volume_io import open_npy_memmap
+
+    rng = np.random.default_rng(3)
+    field = rng.normal(size=(4, 9, 7, 5)).astype(np.float32)
+    out = open_npy_memmap(tmp_path / "d.npy", np.float32, (9, 7, 5))
+    got = bits_display(field, out=out, slab_voxels=70)   # two x-planes at a time
+    assert got is out
+    np.testing.assert_array_equal(np.asarray(out), bits_display(field))
+    with pytest.raises(GPEngineError, match="out must be float32"):
+        bits_display(field, out=np.zeros((9, 7, 5), np.float64))

@@ -227,13 +227,24 @@ def _same_partition(a, b):
     return pairs.shape[1] == np.unique(a).size == np.unique(b).size
 
 
-def test_large_volumes_cut_the_painted_box_out_tile_by_tile(tmp_path, monkeypatch):
+@pytest.mark.parametrize("model", ["tiny", "shipped"])
+def test_large_volumes_cut_the_painted_box_out_tile_by_tile(tmp_path, monkeypatch, model):
     # a volume over IN_RAM_VOXELS is segmented into a memmap; its box must then be cut out and
-    # relabelled tile by tile on disk too (not loaded whole), giving the grains of the in-RAM path
+    # relabelled tile by tile on disk too (not loaded whole), giving the grains of the in-RAM path;
+    # the shipped model's analog bits are decoded slab by slab into a memmap first
+    import gp_engine.encoding as enc_mod
     import gp_engine.generate as gen_mod
     import gp_engine.grains as grains_mod
 
     plan = write_plan(tmp_path)
+    if model == "shipped":
+        d = json.loads(plan.read_text())
+        d["model"], d["geometry"]["shape"] = None, [28, 28, 28]   # painted as one 32³ block
+        plan.write_text(json.dumps(d))
+        decoded = []
+        real_display = enc_mod.bits_display
+        monkeypatch.setattr(enc_mod, "bits_display",
+                            lambda f, out=None: decoded.append(type(out)) or real_display(f, out=out))
     gen_mod.generate(str(plan), out_dir=tmp_path / "ram", progress=False)
     monkeypatch.setattr(gen_mod, "IN_RAM_VOXELS", 1000)
     monkeypatch.setattr(grains_mod, "TILE", 16)
@@ -244,8 +255,11 @@ def test_large_volumes_cut_the_painted_box_out_tile_by_tile(tmp_path, monkeypatc
     gen_mod.generate(str(plan), out_dir=tmp_path / "big", progress=False)
     assert tiled == [(np.memmap, 16)]
     assert (tmp_path / "big/canvas/grains_box.npy").is_file()
+    np.testing.assert_array_equal(np.load(tmp_path / "ram/field.npy"), np.load(tmp_path / "big/field.npy"))
+    if model == "shipped":
+        assert decoded == [type(None), np.memmap] and (tmp_path / "big/canvas/display.npy").is_file()
     a, b = np.load(tmp_path / "ram/grains.npy"), np.load(tmp_path / "big/grains.npy")
-    assert a.shape == b.shape == (40, 40, 40) and a.max() > 20
+    assert a.shape == b.shape == ((28,) * 3 if model == "shipped" else (40,) * 3) and a.max() > 20
     assert _same_partition(a, b)
 
 
