@@ -72,12 +72,13 @@ def cut_out(ids: np.ndarray, box, periodic=None, mask: np.ndarray | None = None,
     return split_grains(np.asarray(sub), mask=mask)
 
 
-def _tiles(shape, tile: int):
-    """(lo, hi) corners of the tiles covering ``shape``, in C order."""
+def tile_boxes(shape, tile: int):
+    """(lo, hi) corners of the ``tile``³ tiles covering ``shape``, in C order: the one tiling of the
+    out-of-core steps (segmentation, the cut-out, the neck cut)."""
     import itertools
 
     for lo in itertools.product(*[range(0, n, tile) for n in shape]):
-        yield lo, tuple(min(a + tile, n) for a, n in zip(lo, shape))
+        yield tuple(lo), tuple(min(a + tile, n) for a, n in zip(lo, shape))
 
 
 def split_grains_tiled(labels: np.ndarray, tile: int, out: np.ndarray | None = None,
@@ -103,7 +104,7 @@ def split_grains_tiled(labels: np.ndarray, tile: int, out: np.ndarray | None = N
         out = np.empty(shape, np.int32)
     elif out.shape != shape or out.dtype != np.int32:
         raise GPEngineError(f"out must be int32 of shape {shape}, got {out.dtype} {out.shape}")
-    boxes = list(_tiles(shape, int(tile)))
+    boxes = list(tile_boxes(shape, int(tile)))
     base = 0
     for lo, hi in boxes:  # pass 1: each tile on its own
         sl = tuple(slice(a, b) for a, b in zip(lo, hi))

@@ -133,10 +133,9 @@ def _tiles(shape, tile: int | None) -> Iterator[tuple[tuple[int, ...], tuple[int
         return
     if int(tile) != tile or tile < 1:
         raise GPEngineError(f"split_necks: tile must be a positive integer; got {tile}")
-    for x in range(0, shape[0], tile):
-        for y in range(0, shape[1], tile):
-            for z in range(0, shape[2], tile):
-                yield (x, y, z), (min(x + tile, shape[0]), min(y + tile, shape[1]), min(z + tile, shape[2]))
+    from .grains import tile_boxes
+
+    yield from tile_boxes(shape, int(tile))
 
 
 def _grow(ws: np.ndarray, m: np.ndarray) -> None:

@@ -34,13 +34,13 @@ equals the untiled one exactly (same ids, not only the same partition).
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from . import _segment
 from .errors import GPEngineError
+from .grains import tile_boxes
 
 DEFAULT_EPS = 1.9
 DEFAULT_MIN_SAMPLES = 15
@@ -271,14 +271,6 @@ def _drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     return new_id[labels]
 
 
-def _tile_boxes(shape: tuple[int, ...], tile: int) -> Iterator[tuple[tuple[int, ...],
-                                                                    tuple[int, ...]]]:
-    """(lo, hi) corners of the T³ tiles covering ``shape``, in C order."""
-    starts = [range(0, n, tile) for n in shape]
-    for lo in itertools.product(*starts):
-        yield lo, tuple(min(a + tile, n) for a, n in zip(lo, shape))
-
-
 def _grow(lo: Sequence[int], hi: Sequence[int], halo: int,
           shape: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return (tuple(max(a - halo, 0) for a in lo), tuple(min(b + halo, n) for b, n in zip(hi, shape)))
@@ -319,7 +311,7 @@ def _segment_tiled(field: np.ndarray, method: str, eps: float, min_samples: int,
     shape = field.shape
     if out is None:
         out = np.empty(shape, dtype=np.int32)
-    boxes = list(_tile_boxes(shape, tile))
+    boxes = list(tile_boxes(shape, tile))
     flat = out.reshape(-1)
 
     # Pass 1: label each tile with a 2-voxel halo; write provisional ids (tile base + local
