@@ -221,12 +221,6 @@ def test_generate_end_to_end_with_kill_and_resume(tmp_path):
         generate(str(plan), resume=True, progress=False)
 
 
-def _same_partition(a, b):
-    """True when two id volumes hold the same grains (the same voxels together), whatever the numbering."""
-    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
-    return pairs.shape[1] == np.unique(a).size == np.unique(b).size
-
-
 @pytest.mark.parametrize("model", ["tiny", "shipped"])
 def test_large_volumes_cut_the_painted_box_out_tile_by_tile(tmp_path, monkeypatch, model):
     # a volume over IN_RAM_VOXELS is segmented into a memmap; its box must then be cut out and
@@ -258,9 +252,11 @@ def test_large_volumes_cut_the_painted_box_out_tile_by_tile(tmp_path, monkeypatc
     np.testing.assert_array_equal(np.load(tmp_path / "ram/field.npy"), np.load(tmp_path / "big/field.npy"))
     if model == "shipped":
         assert decoded == [type(None), np.memmap] and (tmp_path / "big/canvas/display.npy").is_file()
+    from test_segment import assert_same_partition
+
     a, b = np.load(tmp_path / "ram/grains.npy"), np.load(tmp_path / "big/grains.npy")
     assert a.shape == b.shape == ((28,) * 3 if model == "shipped" else (40,) * 3) and a.max() > 20
-    assert _same_partition(a, b)
+    assert_same_partition(a, b)
 
 
 def test_painted_box_adds_the_margin_beyond_non_periodic_faces():
