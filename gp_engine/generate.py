@@ -323,6 +323,16 @@ def _seg_setting(seg, key: str, default):
     return default if value is None else value
 
 
+def _scratch_like(volume: np.ndarray, canvas, name: str, dtype, shape):
+    """A memmap ``name`` in the canvas folder for the next step's result when ``volume`` is on disk (the
+    large-volume path: the step then works slab or tile by tile), else None (in RAM)."""
+    if not isinstance(volume, np.memmap):
+        return None
+    from .volume_io import open_npy_memmap
+
+    return open_npy_memmap(canvas.dir / name, dtype, tuple(int(n) for n in shape))
+
+
 def segment_field(field: np.ndarray, seg, out_dir: Path | None = None,
                   progress: bool = False, levels: int | None = None,
                   encoding_kind: str | None = None, canvas_dir: Path | None = None,
@@ -570,12 +580,7 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
         if channels > 1:  # analog bits: one value per voxel (the decoded code on 2^B levels) to segment and show
             from .encoding import bits_display
 
-            display = None
-            if isinstance(raw, np.memmap):  # large: decoded slab by slab into a memmap
-                from .volume_io import open_npy_memmap
-
-                display = open_npy_memmap(canvas.dir / "display.npy", np.float32, tuple(raw.shape[1:]))
-            field = bits_display(raw, out=display)
+            field = bits_display(raw, out=_scratch_like(raw, canvas, "display.npy", np.float32, raw.shape[1:]))
         seg_plan, auto_min_size = getattr(plan, "segmentation", None), model_min_size(manifest)
         grain_ids = segment_field(field, seg_plan, canvas.dir.parent, progress,
                                   enc.get("levels"), enc.get("kind"), canvas_dir=canvas.dir, periodic=periodic,
@@ -584,13 +589,8 @@ def generate(plan_source, out_dir=None, resume: bool = False, force: bool = Fals
         if inside is not None or any(off):  # grain id 0 outside the part; grains split where the surface
             from .grains import cut_out  # or the cut-out's faces cut them (whole round periodic axes)
 
-            box_out = None
-            if isinstance(grain_ids, np.memmap) and not any(periodic):  # large: tile by tile, on disk
-                from .volume_io import open_npy_memmap
-
-                box_out = open_npy_memmap(canvas.dir / "grains_box.npy", np.int32,
-                                          tuple(s.stop - s.start for s in crop))
-            grain_ids = cut_out(grain_ids, crop, periodic, inside, out=box_out)
+            box_out = _scratch_like(grain_ids, canvas, "grains_box.npy", np.int32, [s.stop - s.start for s in crop])
+            grain_ids = cut_out(grain_ids, crop, periodic, inside, out=box_out)  # tile by tile when on disk
             raw, field = raw[(Ellipsis,) + crop], field[crop]
         necks = None
         if _seg_setting(seg_plan, "split_necks", True):

@@ -86,8 +86,8 @@ def split_grains_tiled(labels: np.ndarray, tile: int, out: np.ndarray | None = N
     """:func:`split_grains` (26-connected) tile by tile, for volumes larger than RAM: the same grains.
 
     Each ``tile``³ tile is split on its own (ids offset past the previous tiles'); then every pair of
-    26-neighbours with equal labels on either side of a tile face (edges and corners included: the
-    plane outside a face is read one voxel wider) joins their ids (union-find), and a last pass
+    26-neighbours with equal labels on either side of a tile's high face (edges and corners included:
+    the plane beyond a face is read one voxel wider) joins their ids (union-find), and a last pass
     renumbers the grains 1..n in the order of their first tile. Memory: one tile, the faces and
     an int64 per provisional id. ``out`` (int32, the shape of ``labels``) receives the ids."""
     from scipy.sparse import coo_matrix
@@ -112,62 +112,51 @@ def split_grains_tiled(labels: np.ndarray, tile: int, out: np.ndarray | None = N
         out[sl] = np.where(loc > 0, loc + base, 0)
         base += int(loc.max(initial=0))
     a_ids, b_ids = [], []
-    for lo, hi in boxes:  # pass 2: pairs across each face of each tile (every pair is seen from both sides)
+    for lo, hi in boxes:  # pass 2: pairs across each tile's high faces (every cross-tile pair has one)
         for axis in range(3):
-            for side in (-1, 1):
-                plane = lo[axis] if side < 0 else hi[axis] - 1
-                nxt = plane + side
-                if not 0 <= nxt < shape[axis]:
-                    continue
-                o = [a for a in range(3) if a != axis]
-                inner = [slice(lo[a], hi[a]) for a in range(3)]
-                inner[axis] = slice(plane, plane + 1)
-                # the outside plane, one voxel wider on both other axes (padded with "no voxel")
-                wlo = [max(lo[a] - 1, 0) for a in o]
-                whi = [min(hi[a] + 1, shape[a]) for a in o]
-                outer = [slice(None)] * 3
-                outer[axis] = slice(nxt, nxt + 1)
-                outer[o[0]], outer[o[1]] = slice(wlo[0], whi[0]), slice(wlo[1], whi[1])
-                li = np.asarray(labels[tuple(inner)]).reshape(hi[o[0]] - lo[o[0]], hi[o[1]] - lo[o[1]])
-                oi = np.asarray(out[tuple(inner)]).reshape(li.shape)
-                pad = ((lo[o[0]] - wlo[0], 1), (lo[o[1]] - wlo[1], 1))
-                lw = np.asarray(labels[tuple(outer)]).reshape(whi[0] - wlo[0], whi[1] - wlo[1])
-                ow = np.asarray(out[tuple(outer)]).reshape(lw.shape)
-                # place the outside plane on a frame one voxel wider than the face on each side
-                frame_l = np.zeros((li.shape[0] + 2, li.shape[1] + 2), lw.dtype)
-                frame_o = np.zeros(frame_l.shape, np.int32)
-                r0, c0 = 1 - pad[0][0], 1 - pad[1][0]
-                frame_l[r0:r0 + lw.shape[0], c0:c0 + lw.shape[1]] = lw
-                frame_o[r0:r0 + ow.shape[0], c0:c0 + ow.shape[1]] = ow
-                keys = []
-                for d0 in (-1, 0, 1):
-                    for d1 in (-1, 0, 1):
-                        nl = frame_l[1 + d0:1 + d0 + li.shape[0], 1 + d1:1 + d1 + li.shape[1]]
-                        no = frame_o[1 + d0:1 + d0 + li.shape[0], 1 + d1:1 + d1 + li.shape[1]]
-                        hit = (li == nl) & (oi > 0) & (no > 0)
-                        if hit.any():  # one int64 key per (id here, id there) pair
-                            keys.append(np.unique((oi[hit].astype(np.int64) << 32) | no[hit].astype(np.int64)))
-                if keys:  # each pair once per face: memory grows with the grains, not the face area
-                    k = np.unique(np.concatenate(keys))
-                    a_ids.append(k >> 32)
-                    b_ids.append(k & 0xFFFFFFFF)
+            plane = hi[axis] - 1
+            if plane + 1 >= shape[axis]:
+                continue
+            o = [a for a in range(3) if a != axis]
+            inner = [slice(lo[a], hi[a]) for a in range(3)]
+            inner[axis] = slice(plane, plane + 1)
+            # the plane beyond the face, one voxel wider on both other axes where the volume goes on,
+            # padded to exactly one wider (out 0 there: "no voxel")
+            wlo = [max(lo[a] - 1, 0) for a in o]
+            whi = [min(hi[a] + 1, shape[a]) for a in o]
+            outer = [slice(None)] * 3
+            outer[axis] = slice(plane + 1, plane + 2)
+            outer[o[0]], outer[o[1]] = slice(wlo[0], whi[0]), slice(wlo[1], whi[1])
+            face = (hi[o[0]] - lo[o[0]], hi[o[1]] - lo[o[1]])
+            li = np.asarray(labels[tuple(inner)]).reshape(face)
+            oi = np.asarray(out[tuple(inner)]).reshape(face)
+            pad = [(1 - (lo[a] - w0), 1 - (w1 - hi[a])) for a, w0, w1 in zip(o, wlo, whi)]
+            wide = (whi[0] - wlo[0], whi[1] - wlo[1])
+            lw = np.pad(np.asarray(labels[tuple(outer)]).reshape(wide), pad)
+            ow = np.pad(np.asarray(out[tuple(outer)]).reshape(wide), pad)
+            keys = []
+            for d0 in (0, 1, 2):
+                for d1 in (0, 1, 2):
+                    nl, no = lw[d0:d0 + face[0], d1:d1 + face[1]], ow[d0:d0 + face[0], d1:d1 + face[1]]
+                    hit = (li == nl) & (oi > 0) & (no > 0)
+                    if hit.any():  # one int64 key per (id here, id there) pair
+                        keys.append(np.unique((oi[hit].astype(np.int64) << 32) | no[hit].astype(np.int64)))
+            if keys:  # each pair once per face: memory grows with the grains, not the face area
+                k = np.unique(np.concatenate(keys))
+                a_ids.append(k >> 32)
+                b_ids.append(k & 0xFFFFFFFF)
     n = base + 1
     if a_ids:
         a, b = np.concatenate(a_ids), np.concatenate(b_ids)
-        graph = coo_matrix((np.ones(a.size, np.int8), (a, b)), shape=(n, n))
-        _, comp = connected_components(graph, directed=False)
+        _, comp = connected_components(coo_matrix((np.ones(a.size, np.int8), (a, b)), shape=(n, n)), directed=False)
     else:
         comp = np.arange(n)
-    # renumber 1..n by each grain's smallest provisional id (its first tile); 0 stays 0
-    first = np.full(n, n, np.int64)
-    np.minimum.at(first, comp[1:], np.arange(1, n))
-    order = np.argsort(first[comp[1:]], kind="stable")
+    # renumber 1..n in the order of each grain's smallest provisional id (its first tile); 0 stays 0
+    _, first, which = np.unique(comp[1:], return_index=True, return_inverse=True)
+    rank = np.empty(first.size, np.int32)
+    rank[np.argsort(first)] = np.arange(1, first.size + 1, dtype=np.int32)
     lut = np.zeros(n, np.int32)
-    ranks = np.zeros(n, np.int64)
-    roots = comp[1:][order]
-    new_root = np.r_[True, roots[1:] != roots[:-1]] if roots.size else np.zeros(0, bool)
-    ranks[1:][order] = np.cumsum(new_root)
-    lut[1:] = ranks[1:]
+    lut[1:] = rank[which.ravel()]
     for lo, hi in boxes:
         sl = tuple(slice(a, b) for a, b in zip(lo, hi))
         out[sl] = lut[np.asarray(out[sl])]

@@ -33,6 +33,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .errors import GPEngineError
+from .grains import tile_boxes
 
 CORE_RADIUS = 1.5
 DEEP_RADIUS = 2.0
@@ -133,8 +134,6 @@ def _tiles(shape, tile: int | None) -> Iterator[tuple[tuple[int, ...], tuple[int
         return
     if int(tile) != tile or tile < 1:
         raise GPEngineError(f"split_necks: tile must be a positive integer; got {tile}")
-    from .grains import tile_boxes
-
     yield from tile_boxes(shape, int(tile))
 
 
