@@ -111,7 +111,7 @@ LINEAGES = {
                       parent="mini3_minsnr_cpu.pt", extend_schedule=500, min_size=20),  # v6's (docs/model.md)
     "conditional_ext500": Lineage("conditional_ext500", "gpu_conditional_ext500.pt", "conditional_ext500_cpu.pt",
                                   "mini3", conditional=True, lr=5e-4, parent="gpu_mini3_ext500.pt",
-                                  sampler="conditional"),
+                                  sampler="conditional", min_size=20),  # its parent's since the fifteenth session
 }
 
 
