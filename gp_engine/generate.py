@@ -280,9 +280,9 @@ IN_RAM_VOXELS = 256 ** 3
 #: voxels refilled unless the model's manifest names its own (``segmentation_defaults.min_size``,
 #: ``gp-engine build --min-size``; what a build writes when not told). Chosen on the early CPU-trained
 #: bits models, whose boundaries were speckled (bench/results/segmentation_compare.md); cleaner models
-#: do better with less: v6, v7 and the shipped v8 name 20 (v6, four 100³: KL 0.015 / 0.385 / 0.073, median 368,
-#: against 0.049 / 0.412 / 0.041, median 476 with 80), as does the conditional twin branched from
-#: the shipped model's lineage (fifteenth session); the first conditional twin's speckled fields wanted 80 (ninth session).
+#: do better with less: every model of the shipped T = 500 lineage since v6, and the conditional branch of
+#: it, names 20 (v6, four 100³: KL 0.015 / 0.385 / 0.073, median 368, against 0.049 / 0.412 / 0.041, median
+#: 476 with 80); the first conditional twin's speckled fields wanted 80 (docs/model.md, ninth session).
 AUTO_BITS_MIN_SIZE = 80
 
 
