@@ -8,10 +8,18 @@ of every model up to the sixth session). This probe colours whole SPPARKS volume
 
 * colours used and conflicts (touching grains of one colour; must be 0);
 * **near misses**: grains that merge with another grain of their colour when each colour's voxels are
-  dilated by one voxel (26-neighbourhood, scipy.ndimage), i.e. pairs with a one-voxel wall between them;
-* the mean distance in voxels from a grain to the nearest voxel of another grain of its colour.
+  dilated by one voxel (26-neighbourhood, scipy.ndimage), i.e. pairs with a wall of one or two voxels
+  between them (the dilated grains overlap or touch);
+* the mean distance in voxels from a grain to the nearest voxel of another grain of its colour;
+* **the shape of a miss**: the grains when every near-miss pair is merged (each colour's grains that a
+  one-voxel dilation joins become one grain; the wall voxels stay with their own grain), summarised by
+  the large grains (≥ 3,000 voxels: count and mean b/a, c/a) and the needles (≥ 1,500 voxels with
+  c/a < 0.5 and b/a < 0.6), next to the same summary of generated volumes (``--generated``: run folders
+  holding ``grains.npy``). If a model's large grains look like merged SPPARKS grains of its colouring,
+  the walls it failed to paint are the aspect error.
 
-    python bench/colouring_probe.py [--data ../shared/data/spparks] [--colours 16]
+    python bench/colouring_probe.py [--data ../shared/data/spparks] [--colours 16] \
+        [--generated bench/out/conditional/mini3-ext500-31465_fast_100x100x100_m2_seed{0,1,2,3}]
 
 Writes bench/results/colouring_probe.{json,md}.
 """
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from datetime import date
@@ -55,23 +64,63 @@ def near_misses(ids: np.ndarray, colour: np.ndarray) -> tuple[int, float]:
     return merged, float(np.mean(dists)) if dists else float("nan")
 
 
+def merge_near_misses(ids: np.ndarray, colour: np.ndarray) -> np.ndarray:
+    """Grain ids (1..n) where each colour's grains that a one-voxel dilation of the colour joins are one
+    grain: what the segmentation reads when the model leaves out every one-voxel wall. The wall voxels
+    keep their own grain, so a merged grain need not be connected (its moments are still its shape)."""
+    out = np.zeros(ids.shape, np.int64)
+    nxt = 0
+    for c in np.unique(colour):
+        m = colour == c
+        lab, k = ndimage.label(ndimage.binary_dilation(m, STRUCT), STRUCT)
+        out[m] = lab[m] + nxt
+        nxt += k
+    return (np.unique(out, return_inverse=True)[1].reshape(ids.shape) + 1).astype(np.int32)
+
+
+LARGE, NEEDLE_MIN = 3000, 1500
+
+
+def shape_summary(volumes) -> dict:
+    """Grain count, large grains (≥ LARGE voxels: count, mean b/a and c/a) and needles (≥ NEEDLE_MIN
+    voxels, c/a < 0.5 and b/a < 0.6) over grain-id volumes (gp_engine.stats.grain_stats moments)."""
+    from gp_engine.stats import grain_stats
+
+    st = [grain_stats(v) for v in volumes]
+    vol, ba, ca = (np.concatenate([x[k] for x in st]) for k in ("volume", "b_a", "c_a"))
+    big = vol >= LARGE
+    mean = (lambda a: float(np.nanmean(a))) if big.any() else (lambda a: float("nan"))
+    return {"grains": int(len(vol)), "large": int(big.sum()), "large_b_a": mean(ba[big]), "large_c_a": mean(ca[big]),
+            "needles": int(((vol >= NEEDLE_MIN) & (ca < 0.5) & (ba < 0.6)).sum())}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(SHARED), help="folder of SPPARKS .npz volumes ('spins')")
     ap.add_argument("--colours", type=int, default=16, help="colours available (default 16 = 4 analog bits)")
     ap.add_argument("--volumes", type=int, default=4, help="volumes to probe (default 4)")
+    ap.add_argument("--generated", nargs="*", default=[],
+                    help="run folders with grains.npy (generated volumes) to summarise next to the merges; "
+                         "folders named <tag>_seed<N> are summarised together per tag")
     ap.add_argument("--out", default=str(RESULTS / "colouring_probe"))
     args = ap.parse_args(argv)
+    gen = [Path(g) / "grains.npy" for g in args.generated]
+    for g in gen:
+        if not g.is_file():
+            raise SystemExit(f"--generated: {g} does not exist; give run folders that hold grains.npy")
     files = sorted(Path(args.data).glob("*.npz"))[: args.volumes]
     if not files:
         files = sorted((ROOT / "gp_engine" / "data").glob("*.npz"))
     rows = []
+    volumes, merged_volumes = [], {mode: [] for mode in COLOURINGS}
     for f in files:
         ids = split_grains(np.load(f)["spins"])
+        volumes.append(ids)
         for mode in COLOURINGS:
             t = time.perf_counter()
             colour, conflicts = colour_grains(ids, args.colours, mode)
             took = time.perf_counter() - t
+            merged_volumes[mode].append(merge_near_misses(ids, colour))
             merged, mean_d = near_misses(ids, colour)
             rows.append({"volume": f.name, "colouring": mode, "grains": int(ids.max()),
                          "colours_used": int(len(np.unique(colour))), "conflicts": int(conflicts),
@@ -84,19 +133,35 @@ def main(argv=None) -> int:
         r = [x for x in rows if x["colouring"] == mode]
         summary[mode] = {k: float(np.mean([x[k] for x in r])) for k in
                          ("colours_used", "conflicts", "near_miss_share", "mean_distance_same_colour")}
+    shapes = {"SPPARKS": shape_summary(volumes)}
+    for mode in COLOURINGS:
+        shapes[f"SPPARKS, {mode} near misses merged"] = shape_summary(merged_volumes[mode])
+    groups: dict[str, list[Path]] = {}  # run folders named <tag>_seed<N> are grouped by tag
+    for g in gen:
+        groups.setdefault(re.sub(r"_seed\d+$", "", g.parent.name), []).append(g)
+    for tag, paths in groups.items():
+        shapes[f"generated: {tag} ({len(paths)} volumes)"] = shape_summary([np.load(g) for g in paths])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"date": date.today().isoformat(), "colours": args.colours, "rows": rows, "summary": summary}
+    doc = {"date": date.today().isoformat(), "colours": args.colours, "rows": rows, "summary": summary,
+           "shapes": shapes}
     out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
     lines = [f"# Grain colouring: how close grains of one colour sit ({date.today().isoformat()})", "",
              f"`python bench/colouring_probe.py`: {len(files)} whole SPPARKS 100³ volumes, {args.colours} colours. "
              "Near miss: a grain that merges with another grain of its colour when each colour is dilated by "
-             "one voxel (a one-voxel wall the model has to paint exactly).", "",
+             "one voxel (a wall of one or two voxels that the model has to paint exactly).", "",
              "| colouring | colours used | conflicts | near misses (share of grains) | mean distance to the same colour (voxels) |",
              "|---|---|---|---|---|"]
     for mode, s in summary.items():
         lines.append(f"| {mode} | {s['colours_used']:.1f} | {s['conflicts']:.0f} | {s['near_miss_share']:.1%} | "
                      f"{s['mean_distance_same_colour']:.2f} |")
+    lines += ["", f"The shape of a miss ({len(volumes)} volumes each): large = at least {LARGE:,} voxels, needle = at "
+              f"least {NEEDLE_MIN:,} voxels with c/a < 0.5 and b/a < 0.6 (gp_engine.stats moments).", "",
+              "| volumes | grains | large grains | large: mean b/a | large: mean c/a | needles |",
+              "|---|---|---|---|---|---|"]
+    for name, r in shapes.items():
+        lines.append(f"| {name} | {r['grains']:,} | {r['large']} | {r['large_b_a']:.3f} | {r['large_c_a']:.3f} | "
+                     f"{r['needles']} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
