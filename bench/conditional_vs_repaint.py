@@ -144,9 +144,39 @@ def same_box_summary(grains: list, shape) -> dict | None:
             "floor": {k: floor[k] for k in KEYS}, "floor_median_volume": floor["median_volume"]}
 
 
+def paint_volume(sampler: dict, mdir: Path, tag: str, shape, seed: int, work: Path, batch: int, quiet: bool,
+                 necks: bool, margin: int) -> Path:
+    """The run folder ``<work>/<tag>_seed<seed>`` of one generated box, painted unless it is there (an
+    interrupted one resumes)."""
+    from gp_engine.generate import generate
+
+    out = work / f"{tag}_seed{seed}"
+    if not (out / "grains.npy").is_file():
+        plan = {"version": 1, "geometry": {"shape": list(shape), "margin": margin}, "model": str(mdir), "sampler": sampler,
+                "batch_size": batch, "backend": "onnxruntime", "seed": seed,
+                "segmentation": {"split_necks": necks},
+                "outputs": {"dir": str(out), "formats": ["npy", "png"]}}
+        resume = (out / "canvas").is_dir()
+        generate(plan, out_dir=out, resume=resume, force=not resume, progress=not quiet)
+    return out
+
+
+def paint_only(setting: str, model: Path | None, shape, seeds, work: Path, batch: int, quiet: bool,
+               necks: bool, margin: int) -> None:
+    """Paint (or finish) the boxes of ``seeds`` and score nothing: one process per core, each with its own
+    seeds, then one scoring run that finds them all painted."""
+    from gp_engine.runtime import read_model
+
+    mdir, manifest = read_model(model)
+    tag = volume_tag(manifest["name"], setting, shape, margin)
+    for seed in seeds:
+        out = paint_volume(sampler_for(setting), mdir, tag, shape, seed, work, batch, quiet, necks, margin)
+        print(f"  {setting} seed {seed}: painted {out}", flush=True)
+
+
 def run_setting(setting: str, model: Path | None, shape, volumes: int, work: Path, batch: int, quiet: bool,
                 necks: bool = True, margin: int = DEFAULT_MARGIN) -> dict:
-    from gp_engine.generate import generate, model_min_size, segment_field, segmentation_kwargs
+    from gp_engine.generate import model_min_size, segment_field, segmentation_kwargs
     from gp_engine.necks import split_necks
     from gp_engine.runtime import read_model
     from gp_engine.stats import summarize
@@ -160,14 +190,7 @@ def run_setting(setting: str, model: Path | None, shape, volumes: int, work: Pat
     grains, timings, seams = [], [], []
     corners = box_block_corners(shape, margin)
     for seed in range(volumes):
-        out = work / f"{tag}_seed{seed}"
-        if not (out / "grains.npy").is_file():
-            plan = {"version": 1, "geometry": {"shape": list(shape), "margin": margin}, "model": str(mdir), "sampler": sampler,
-                    "batch_size": batch, "backend": "onnxruntime", "seed": seed,
-                    "segmentation": {"split_necks": necks},
-                    "outputs": {"dir": str(out), "formats": ["npy", "png"]}}
-            resume = (out / "canvas").is_dir()
-            generate(plan, out_dir=out, resume=resume, force=not resume, progress=not quiet)
+        out = paint_volume(sampler, mdir, tag, shape, seed, work, batch, quiet, necks, margin)
         st = json.loads((out / "stats.json").read_text())
         if (st.get("painted") or {}).get("margin", 0) != margin:
             raise SystemExit(f"conditional_vs_repaint: {out} was painted with margin "
@@ -320,6 +343,9 @@ def main(argv=None) -> int:
     ap.add_argument("--margin", type=int, default=DEFAULT_MARGIN,
                     help=f"geometry.margin of the plans (default {DEFAULT_MARGIN}, the engine's; 0 = the boxes of the "
                          "rows before the thirteenth session)")
+    ap.add_argument("--paint-seeds", type=int, nargs="+", metavar="SEED",
+                    help="only paint the boxes of these seeds (kept under --work) and score nothing: run one such "
+                         "process per core with different seeds, then once without it to score --volumes")
     ap.add_argument("--no-row", action="store_true")
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
@@ -329,13 +355,17 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     cond_dir = model_dir_for(a.conditional, work)
     shape = tuple(a.shape)
-    spp = spparks_seams(shape, box_block_corners(shape, a.margin)) if max(shape) <= 100 else None
-    floor = floor_figures()
+    scoring = not a.paint_seeds
+    spp = spparks_seams(shape, box_block_corners(shape, a.margin)) if scoring and max(shape) <= 100 else None
+    floor = floor_figures() if scoring else None
     for setting in a.settings:
         t0 = time.time()
         model = cond_dir if setting.startswith("cond") else (Path(a.unconditional) if a.unconditional else None)
         if setting.startswith("cond") and model is None:
             raise SystemExit("conditional_vs_repaint: condN settings need --conditional MODEL_OR_CHECKPOINT")
+        if a.paint_seeds:
+            paint_only(setting, model, shape, a.paint_seeds, work, a.batch_size, a.quiet, a.split_necks, a.margin)
+            continue
         row = {**header("conditional_vs_repaint", cuda=False),
                **run_setting(setting, model, shape, a.volumes, work, a.batch_size, a.quiet, a.split_necks, a.margin),
                "spparks_seams": spp, "floor_spparks_5v5": floor, "paper_table1_r10": PAPER_R10,

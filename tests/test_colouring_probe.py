@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from colouring_probe import merge_near_misses, near_misses, shape_summary  # noqa: E402
+from colouring_probe import generated_near_misses, merge_near_misses, near_misses, shape_summary  # noqa: E402
+
+from gp_engine.encoding import bit_codes  # noqa: E402
 
 
 def _slab_pair(gap: int):
@@ -53,3 +55,25 @@ def test_shape_summary_measures_large_grains_and_needles_by_their_axes():
     # semi-axes 12, 5, 4 (about 1,000 voxels): needle-shaped but under NEEDLE_MIN, so neither
     t = shape_summary([_ellipsoid((12, 5, 4))])
     assert t["large"] == 0 and t["needles"] == 0
+
+
+def _field(code_of_voxel: np.ndarray, n_bits: int = 4) -> np.ndarray:
+    """A raw analog-bits field [B, ...] that decodes to ``code_of_voxel`` (values ±0.7, as a model paints)."""
+    return np.moveaxis(0.7 * bit_codes(n_bits)[code_of_voxel], -1, 0)
+
+
+def test_a_models_own_near_misses_count_walls_and_touching_pieces_apart():
+    # x: grain 1 (code 5) | wall grain 2 (code 9, one voxel) | grain 3 (code 5) | grain 4 (code 5, touching 3)
+    # | grain 5 (code 2, three voxels) | grain 6 (code 5)
+    ids = np.zeros((16, 4, 4), np.int32)
+    for g, (a, b) in enumerate([(0, 4), (4, 5), (5, 8), (8, 10), (10, 13), (13, 16)], start=1):
+        ids[a:b] = g
+    code = np.array([0, 5, 9, 5, 5, 2, 5])[ids]
+    code[1, 0, 0] = 7  # a stray voxel of another code inside grain 1: the grain keeps its most common code
+    r = generated_near_misses(ids, _field(code))
+    assert r["grains"] == 6
+    assert r["touching"] == 1      # grains 3 and 4 touch with one code: one merge
+    assert r["near_misses"] == 1   # grain 1 joins 3-4 across the one-voxel wall; 6 is three voxels away
+    assert abs(r["near_miss_share"] - 1 / 6) < 1e-12
+    with pytest.raises(ValueError, match="differ in shape"):
+        generated_near_misses(ids, _field(code)[:, :8])

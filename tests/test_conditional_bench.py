@@ -71,3 +71,18 @@ def test_volume_tags_keep_margin_runs_apart():
 
     assert volume_tag("m", "fast", (48, 48, 48), 0) == "m_fast_48x48x48"
     assert volume_tag("m", "fast", (48, 48, 48), 2) == "m_fast_48x48x48_m2"
+
+
+def test_paint_seeds_paints_only_those_boxes_and_writes_no_row(tmp_path, monkeypatch):
+    import conditional_vs_repaint as cvr
+    import numpy as np
+
+    monkeypatch.setattr(cvr, "ROWS_JSON", tmp_path / "rows.json")
+    monkeypatch.setattr(cvr, "ROWS_MD", tmp_path / "rows.md")
+    work = tmp_path / "work"
+    assert cvr.main(["--settings", "fast-s2-r1", "--shape", "12", "12", "12", "--paint-seeds", "1",
+                     "--work", str(work), "--quiet"]) == 0
+    painted = sorted(p.name for p in work.iterdir() if p.name.endswith(("_seed0", "_seed1")))
+    assert len(painted) == 1 and painted[0].endswith("_fast-s2-r1_12x12x12_m2_seed1")
+    assert np.load(work / painted[0] / "grains.npy").shape == (12, 12, 12)
+    assert not (tmp_path / "rows.json").exists() and not (tmp_path / "rows.md").exists()
