@@ -77,6 +77,11 @@ def test_paint_seeds_paints_only_those_boxes_and_writes_no_row(tmp_path, monkeyp
     import conditional_vs_repaint as cvr
     import numpy as np
 
+    import numba
+
+    # main() sets these with setdefault; pin them here so that the process keeps numba's thread count
+    monkeypatch.setenv("NUMBA_NUM_THREADS", str(numba.config.NUMBA_NUM_THREADS))
+    monkeypatch.setenv("GP_ENGINE_THREADS", "1")
     monkeypatch.setattr(cvr, "ROWS_JSON", tmp_path / "rows.json")
     monkeypatch.setattr(cvr, "ROWS_MD", tmp_path / "rows.md")
     work = tmp_path / "work"
